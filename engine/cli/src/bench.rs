@@ -1,0 +1,283 @@
+//! `dossier bench`: throughput, latency and memory of the engine on SQLite and PostgreSQL.
+//!
+//! The workload is `examples/bench`: five steps, each evaluating a rule and then performing a
+//! durable no-op effect (`log.noop`), so every case commits six transactions' worth of
+//! transitions (start, then one per effect result) and runs ten steps. Each measure starts from
+//! a fresh database. Numbers are medians of what this run saw; run it twice before believing a
+//! difference.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dossier_connectors::Registry;
+use dossier_runtime::{Engine, EngineConfig, Project, SystemClock};
+use serde_json::json;
+use sqlx::{Connection, Executor};
+use tokio::sync::Semaphore;
+
+const BENCH_WORKFLOW: &str =
+    include_str!("../../../examples/bench/workflows/bench_cinq_etapes.yaml");
+const TIMER_WORKFLOW: &str = include_str!("../../../examples/bench/workflows/bench_attente.yaml");
+const BENCH_RULE: &str = include_str!("../../../examples/bench/rules/bench.rhai");
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Backends to measure, comma-separated: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// PostgreSQL server where fresh databases are created (and dropped).
+    #[arg(
+        long,
+        env = "DOSSIER_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg: String,
+    /// Cases run with 64 in flight.
+    #[arg(long, default_value_t = 20_000)]
+    cases: usize,
+    /// Cases run one at a time.
+    #[arg(long, default_value_t = 2_000)]
+    single: usize,
+    /// Cases left waiting on a 30-day timer for the memory measure (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    timers: usize,
+    /// Cases in flight for the throughput measure.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+}
+
+fn proc_status(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Db {
+    url: String,
+    drop: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn fresh_db(backend: &str, pg: &str, tag: &str) -> anyhow::Result<Db> {
+    match backend {
+        "sqlite" => {
+            let dir = tempfile::Builder::new()
+                .prefix("dossier-bench")
+                .tempdir_in(std::env::current_dir()?)?;
+            let url = dir
+                .path()
+                .join(format!("{tag}.db"))
+                .to_string_lossy()
+                .into_owned();
+            Ok(Db {
+                url,
+                drop: None,
+                _dir: Some(dir),
+            })
+        }
+        "postgres" => {
+            let name = format!("dossier_bench_{tag}_{}", std::process::id());
+            let mut admin = sqlx::PgConnection::connect(pg)
+                .await
+                .with_context(|| format!("cannot reach PostgreSQL at {pg}"))?;
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                .await?;
+            admin
+                .execute(format!("CREATE DATABASE {name}").as_str())
+                .await?;
+            let base = pg.rsplit_once('/').map(|(b, _)| b).unwrap_or(pg);
+            Ok(Db {
+                url: format!("{base}/{name}"),
+                drop: Some((pg.to_string(), name)),
+                _dir: None,
+            })
+        }
+        other => anyhow::bail!("unknown backend `{other}` (use sqlite or postgres)"),
+    }
+}
+
+async fn drop_db(db: Db) {
+    if let Some((pg, name)) = db.drop {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&pg).await {
+            let _ = admin
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await;
+        }
+    }
+}
+
+async fn engine_on(project: &Arc<Project>, url: &str) -> anyhow::Result<Engine> {
+    let store = crate::store::open(url).await?;
+    Ok(Engine::start(
+        store,
+        project.clone(),
+        Registry::with_builtins(),
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    )
+    .await?)
+}
+
+/// Runs `n` cases with `inflight` at once; returns the wall time and each case's latency.
+async fn drive(
+    engine: &Engine,
+    n: usize,
+    inflight: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let slots = Arc::new(Semaphore::new(inflight));
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let engine = engine.clone();
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = engine
+                .run_case("bench_cinq_etapes", json!({"montant": 100 + (i % 900)}))
+                .await;
+            drop(permit);
+            r.map(|f| (t.elapsed(), f.status))
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for h in handles {
+        let (d, status) = h.await??;
+        anyhow::ensure!(
+            status == dossier_core::CaseStatus::Completed,
+            "a bench case ended {}",
+            status.name()
+        );
+        lat.push(d);
+    }
+    let wall = started.elapsed();
+    lat.sort();
+    Ok((wall, lat))
+}
+
+pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("workflows"))?;
+    std::fs::create_dir_all(dir.path().join("rules"))?;
+    std::fs::write(
+        dir.path().join("workflows/bench_cinq_etapes.yaml"),
+        BENCH_WORKFLOW,
+    )?;
+    std::fs::write(
+        dir.path().join("workflows/bench_attente.yaml"),
+        TIMER_WORKFLOW,
+    )?;
+    std::fs::write(dir.path().join("rules/bench.rhai"), BENCH_RULE)?;
+    let registry = Registry::with_builtins();
+    let catalog = registry
+        .names()
+        .into_iter()
+        .filter_map(|n| registry.get(&n).map(|c| (n.clone(), c.operations())))
+        .collect();
+    let project = Arc::new(Project::load_valid(dir.path(), catalog)?);
+    println!(
+        "dossier bench: workflow bench_cinq_etapes (5 × rule + durable no-op effect), {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    for backend in &args.backends {
+        // One case at a time.
+        let db = fresh_db(backend, &args.pg, "single").await?;
+        let engine = engine_on(&project, &db.url).await?;
+        drive(&engine, 50.min(args.single), 1).await?;
+        let (wall, lat) = drive(&engine, args.single, 1).await?;
+        println!(
+            "{backend:<8} 1 in flight : {:>8.0} cases/s  {:>9.0} steps/s  p50 {:.2} ms  p99 {:.2} ms  ({} cases)",
+            args.single as f64 / wall.as_secs_f64(),
+            args.single as f64 * 10.0 / wall.as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            args.single
+        );
+        drop(engine);
+        drop_db(db).await;
+
+        let db = fresh_db(backend, &args.pg, "many").await?;
+        let engine = engine_on(&project, &db.url).await?;
+        drive(&engine, 500.min(args.cases), args.inflight).await?;
+        let (wall, lat) = drive(&engine, args.cases, args.inflight).await?;
+        println!(
+            "{backend:<8} {} in flight: {:>8.0} cases/s  {:>9.0} steps/s  p50 {:.2} ms  p99 {:.2} ms  ({} cases)  peak RSS so far {:.0} MiB",
+            args.inflight,
+            args.cases as f64 / wall.as_secs_f64(),
+            args.cases as f64 * 10.0 / wall.as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            args.cases,
+            mib(proc_status("VmHWM:").unwrap_or(0))
+        );
+        drop(engine);
+        drop_db(db).await;
+    }
+    if args.timers > 0 {
+        let backend = args
+            .backends
+            .first()
+            .map(String::as_str)
+            .unwrap_or("sqlite");
+        let db = fresh_db(backend, &args.pg, "timers").await?;
+        let engine = engine_on(&project, &db.url).await?;
+        let before = proc_status("VmRSS:").unwrap_or(0);
+        let slots = Arc::new(Semaphore::new(256));
+        let mut handles = Vec::with_capacity(args.timers);
+        let started = Instant::now();
+        for i in 0..args.timers {
+            let permit = slots.clone().acquire_owned().await?;
+            let engine = engine.clone();
+            handles.push(tokio::spawn(async move {
+                let r = engine
+                    .start_case("bench_attente", json!({"numero": i as i64}), None)
+                    .await;
+                drop(permit);
+                r
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        let wall = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = proc_status("VmRSS:").unwrap_or(0);
+        let waiting = engine.store().count_cases_by_status().await?;
+        println!(
+            "{backend:<8} {} cases waiting on 30-day timers: started in {:.1} s; RSS {:.0} MiB before, {:.0} MiB after (+{:.0} MiB); by status {:?}",
+            args.timers,
+            wall.as_secs_f64(),
+            mib(before),
+            mib(after),
+            mib(after.saturating_sub(before)),
+            waiting
+        );
+        drop(engine);
+        drop_db(db).await;
+    }
+    println!(
+        "peak RSS of the whole run: {:.0} MiB",
+        mib(proc_status("VmHWM:").unwrap_or(0))
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}

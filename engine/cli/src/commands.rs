@@ -1,0 +1,780 @@
+//! The subcommands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Utc};
+use dossier_connectors::{RecordingConnector, Registry};
+use dossier_core::chain;
+use dossier_core::replay::{replay, RecordedEvent};
+use dossier_core::Event;
+use dossier_model::{Diagnostic, IsoDuration};
+use dossier_runtime::programs::Programs;
+use dossier_runtime::project::{find_root, Project};
+use dossier_runtime::simulate::Simulation;
+use dossier_runtime::{Clock, Engine, EngineConfig, SystemClock};
+use dossier_store::memory::MemoryStore;
+use dossier_store::{CaseFilter, CaseRecord, DefinitionRecord, EventRecord, Store};
+use serde_json::{json, Value};
+
+use crate::{Cli, Command};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = match &cli.project {
+        Some(p) => p.clone(),
+        None => find_root(&std::env::current_dir()?),
+    };
+    match cli.command {
+        Command::Validate { paths } => validate(&root, &paths),
+        Command::Test { paths } => test(&root, &paths).await,
+        Command::Run {
+            workflow,
+            input,
+            start,
+            horizon,
+        } => run(&root, &workflow, &input, start, &horizon).await,
+        Command::Graph { workflow } => {
+            let project = load(&root)?;
+            let wf = project
+                .workflows
+                .get(&workflow)
+                .ok_or_else(|| anyhow!("no workflow is named `{workflow}`"))?;
+            print!("{}", dossier_model::graph::mermaid(&wf.parsed.workflow));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", dossier_model::schema::workflow_schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { case, file, db } => replay_cmd(&root, case, file, db).await,
+        Command::Export { case, db, output } => {
+            let store =
+                crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(&root))).await?;
+            let doc = export(store.as_ref(), &case).await?;
+            let text = serde_json::to_string_pretty(&doc)?;
+            match output {
+                Some(p) => std::fs::write(&p, text + "\n")
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Start {
+            workflow,
+            input,
+            count,
+            db,
+        } => {
+            let input = read_json(&input)?;
+            let engine = engine(&root, db, None, Arc::new(SystemClock)).await?;
+            let numbered = engine
+                .programs()
+                .project()
+                .workflows
+                .get(&workflow)
+                .is_some_and(|w| w.parsed.workflow.input.contains_key("numero"));
+            for n in 1..=count {
+                let mut inp = input.clone();
+                if numbered {
+                    inp["numero"] = json!(n);
+                }
+                let a = engine.start_case(&workflow, inp, None).await?;
+                println!("{} {}", a.case_id, a.status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cases {
+            db,
+            status,
+            workflow,
+        } => {
+            let store =
+                crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(&root))).await?;
+            let cases = store
+                .list_cases(&CaseFilter {
+                    status,
+                    workflow_id: workflow,
+                    limit: 1000,
+                    ..CaseFilter::default()
+                })
+                .await?;
+            for c in cases {
+                println!(
+                    "{}  {:<10} {:<24} {:<18} {}",
+                    c.id,
+                    c.status,
+                    c.workflow_id,
+                    c.current_step.unwrap_or_default(),
+                    c.business_key.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Work {
+            db,
+            until_idle,
+            journal,
+        } => {
+            let engine = engine(&root, db, journal, Arc::new(SystemClock)).await?;
+            if until_idle {
+                wait_idle(&engine).await?;
+            } else {
+                tokio::signal::ctrl_c().await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { db } => demo(&root, db).await,
+        Command::Bench(args) => crate::bench::run(&root, args).await,
+    }
+}
+
+fn connector_catalog(registry: &Registry) -> BTreeMap<String, Vec<String>> {
+    registry
+        .names()
+        .into_iter()
+        .filter_map(|n| registry.get(&n).map(|c| (n.clone(), c.operations())))
+        .collect()
+}
+
+fn registry(journal: Option<PathBuf>) -> anyhow::Result<Registry> {
+    let mut r = Registry::with_builtins();
+    if let Some(j) = journal {
+        r.register(
+            "record",
+            Arc::new(RecordingConnector::new("record", vec!["send".into()]).with_journal(j)?),
+        );
+    }
+    Ok(r)
+}
+
+fn print_diagnostics(ds: &[Diagnostic]) {
+    for d in ds {
+        eprintln!("{d}");
+    }
+}
+
+/// Loads the project, refusing it (with every message) when it has errors.
+fn load(root: &Path) -> anyhow::Result<Project> {
+    load_with(root, &Registry::with_builtins())
+}
+
+fn load_with(root: &Path, registry: &Registry) -> anyhow::Result<Project> {
+    let p = Project::load(root, connector_catalog(registry));
+    if p.has_errors() {
+        print_diagnostics(&p.diagnostics);
+        let n = p.diagnostics.iter().filter(|d| d.is_error()).count();
+        bail!(
+            "the project at {} has {n} error(s); nothing was run",
+            root.display()
+        );
+    }
+    Ok(p)
+}
+
+fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    // A `record` connector is configured by `dossier work --journal`: accept it here too.
+    let project = Project::load(root, connector_catalog(&registry(None)?));
+    let filters: Vec<String> = paths
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            abs.strip_prefix(&project.root)
+                .unwrap_or(&abs)
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    let shown: Vec<&Diagnostic> = project
+        .diagnostics
+        .iter()
+        .filter(|d| {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| d.file == *f || d.file == format!("templates/{f}"))
+        })
+        .collect();
+    for d in &shown {
+        println!("{d}");
+    }
+    let errors = shown.iter().filter(|d| d.is_error()).count();
+    let warnings = shown.len() - errors;
+    println!(
+        "{} workflow(s), {} rule module(s), {} template(s) checked: {errors} error(s), {warnings} warning(s)",
+        project.workflows.len(),
+        project.rules.len(),
+        project.templates.len()
+    );
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn collect_tests(root: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = paths.to_vec();
+    if dirs.is_empty() {
+        dirs = vec![root.join("rules"), root.join("workflows")];
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        if d.is_file() {
+            out.push(d);
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            v.sort();
+            out.extend(
+                v.into_iter()
+                    .filter(|p| p.to_string_lossy().ends_with(".test.yaml")),
+            );
+        }
+    }
+    out
+}
+
+async fn test(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let project = load(root)?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in collect_tests(root, paths) {
+        let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let shown = abs
+            .strip_prefix(&project.root)
+            .unwrap_or(&abs)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let is_rule = shown.starts_with("rules/")
+            || abs.parent().and_then(|p| p.file_name()) == Some("rules".as_ref());
+        if is_rule {
+            let stem = abs
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".test.yaml")
+                .to_string();
+            let text = std::fs::read_to_string(&abs)?;
+            let module_name = serde_yaml_ng::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("module").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or(stem);
+            let Some(rule) = project.rules.get(&module_name) else {
+                failed += 1;
+                println!("FAIL {shown}: no rule module `{module_name}` (rules/{module_name}.rhai)");
+                continue;
+            };
+            match dossier_rules::run_rule_tests_str(&project.engine, &shown, &text, &rule.module) {
+                Ok(r) => {
+                    passed += r.passed;
+                    failed += r.failed;
+                    for f in &r.failures {
+                        println!("FAIL {shown}:{}: {}: {}", f.line, f.name, f.message);
+                    }
+                    println!("{shown}: {} passed, {} failed", r.passed, r.failed);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!(
+                        "FAIL {}",
+                        dossier_runtime::project::rule_diagnostic(&shown, &e)
+                    );
+                }
+            }
+        } else {
+            let r = dossier_runtime::testing::run_test_file(&project, &abs, &shown).await;
+            passed += r.passed;
+            failed += r.failed;
+            for f in &r.failures {
+                println!("FAIL {f}");
+            }
+            println!("{shown}: {} passed, {} failed", r.passed, r.failed);
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+async fn run(
+    root: &Path,
+    workflow: &str,
+    input: &Path,
+    start: Option<String>,
+    horizon: &str,
+) -> anyhow::Result<ExitCode> {
+    let project = load(root)?;
+    let input = read_json(input)?;
+    let start = match start {
+        Some(s) => dossier_model::parse_instant(&s)
+            .ok_or_else(|| anyhow!("--start {s} is not a date or date-time"))?,
+        None => Utc::now(),
+    };
+    let horizon = IsoDuration::parse(horizon)?;
+    let mut sim = Simulation::new(&project, start);
+    let case = sim.start(workflow, input).await?;
+    let limit = horizon
+        .after(start)
+        .ok_or_else(|| anyhow!("the horizon is out of range"))?;
+    sim.run_to_end(limit).await?;
+    let events: Vec<(DateTime<Utc>, &Event)> =
+        sim.timeline.iter().map(|t| (t.at, &t.event)).collect();
+    print!("{}", dossier_runtime::timeline::render(start, &events));
+    let c = &sim.cases[&case];
+    let waiting: Vec<String> = sim
+        .tasks
+        .values()
+        .map(|t| format!("task `{}` for {}", t.title, t.role))
+        .collect();
+    println!("status: {}", c.state.status_name());
+    if !waiting.is_empty() {
+        println!("waiting for: {}", waiting.join("; "));
+    }
+    println!("output: {}", c.state.output);
+    if let Err(e) = sim.verify_replay() {
+        println!("replay: DIVERGES: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn engine(
+    root: &Path,
+    db: Option<String>,
+    journal: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Engine> {
+    let registry = registry(journal)?;
+    let project = Arc::new(load_with(root, &registry)?);
+    let store = crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?;
+    Ok(Engine::start(store, project, registry, clock, EngineConfig::default()).await?)
+}
+
+async fn wait_idle(engine: &Engine) -> anyhow::Result<()> {
+    let mut idle_rounds = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let running = engine
+            .store()
+            .count_cases_by_status()
+            .await?
+            .into_iter()
+            .find(|(s, _)| s == "running")
+            .map(|(_, n)| n)
+            .unwrap_or(0);
+        if running == 0 && engine.is_idle().await? {
+            idle_rounds += 1;
+            if idle_rounds >= 3 {
+                return Ok(());
+            }
+        } else {
+            idle_rounds = 0;
+        }
+    }
+}
+
+// ---- export and replay ----
+
+fn event_json(e: &EventRecord) -> Value {
+    json!({
+        "seq": e.seq,
+        "at": e.at,
+        "kind": e.kind,
+        "payload": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    })
+}
+
+async fn export(store: &dyn Store, case_id: &str) -> anyhow::Result<Value> {
+    let case = store
+        .case(case_id)
+        .await?
+        .ok_or_else(|| anyhow!("no case has the id {case_id}"))?;
+    let history = store.history(case_id).await?;
+    let pins: BTreeMap<String, String> = serde_json::from_str(&case.pins)?;
+    let mut definitions = serde_json::Map::new();
+    for hash in std::iter::once(&case.workflow_hash).chain(pins.values()) {
+        if let Some(d) = store.definition(hash).await? {
+            definitions.insert(
+                hash.clone(),
+                json!({"kind": d.kind, "name": d.name, "version": d.version, "source": d.source}),
+            );
+        }
+    }
+    let mut decisions = Vec::new();
+    let mut documents = Vec::new();
+    for e in &history {
+        let p: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
+        match e.kind.as_str() {
+            "rule_evaluated" => decisions.push(json!({"seq": e.seq, "at": e.at, "step": p["step"], "rule": p["rule"], "rule_hash": p["rule_hash"], "inputs": p["inputs"], "output": p["output"]})),
+            "template_rendered" => documents.push(json!({"seq": e.seq, "at": e.at, "step": p["step"], "template": p["template"], "template_hash": p["template_hash"], "text": p["output"]})),
+            "task_decided" => decisions.push(json!({"seq": e.seq, "at": e.at, "task": p["task"], "outcome": p["outcome"], "data": p["data"], "by": p["by"]})),
+            _ => {}
+        }
+    }
+    Ok(json!({
+        "format": "dossier-case/1",
+        "case": {
+            "id": case.id, "workflow_id": case.workflow_id, "workflow_version": case.workflow_version,
+            "workflow_hash": case.workflow_hash, "business_key": case.business_key, "parent_id": case.parent_id,
+            "status": case.status, "current_step": case.current_step, "pins": pins,
+            "data": serde_json::from_str::<Value>(&case.data).unwrap_or(Value::Null),
+            "last_seq": case.last_seq, "last_hash": case.last_hash,
+            "created_at": case.created_at, "updated_at": case.updated_at,
+        },
+        "history": history.iter().map(event_json).collect::<Vec<_>>(),
+        "decisions": decisions,
+        "documents": documents,
+        "definitions": definitions,
+    }))
+}
+
+/// The result of checking one case.
+pub struct ReplayReport {
+    pub events: usize,
+    pub chain: Result<(), chain::ChainError>,
+    pub replay: Result<(), String>,
+}
+
+/// Verifies the chain, then re-runs the history with the pinned program.
+pub async fn check_case(
+    programs: &Programs,
+    case: &CaseRecord,
+    history: &[EventRecord],
+) -> ReplayReport {
+    let chain = chain::verify(history.iter().map(|e| {
+        (
+            e.seq,
+            e.at,
+            e.kind.as_str(),
+            e.payload.as_str(),
+            e.prev_hash.as_str(),
+            e.hash.as_str(),
+        )
+    }));
+    let replayed = async {
+        let program = programs.for_case(case).await.map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        for h in history {
+            let payload: Value =
+                serde_json::from_str(&h.payload).map_err(|e| format!("event {}: {e}", h.seq))?;
+            let event = Event::from_parts(&h.kind, &payload)
+                .map_err(|e| format!("event {}: {e}", h.seq))?;
+            let at = DateTime::<Utc>::from_timestamp_millis(h.at).unwrap_or_default();
+            events.push(RecordedEvent {
+                seq: h.seq,
+                at,
+                event,
+            });
+        }
+        replay(&program, &case.id, &events)
+            .map(|_| ())
+            .map_err(|d| d.to_string())
+    }
+    .await;
+    ReplayReport {
+        events: history.len(),
+        chain,
+        replay: replayed,
+    }
+}
+
+async fn replay_cmd(
+    root: &Path,
+    case: Option<String>,
+    file: Option<PathBuf>,
+    db: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (store, case_id): (Arc<dyn Store>, String) = match (file, case) {
+        (Some(f), _) => {
+            let doc = read_json(&f)?;
+            let store = Arc::new(MemoryStore::new());
+            let (case, history, defs) =
+                import(&doc).with_context(|| format!("{} is not a case file", f.display()))?;
+            store.put_definitions(&defs).await?;
+            let id = case.id.clone();
+            let write = dossier_store::CaseWrite {
+                case: Some(case),
+                events: history,
+                ..Default::default()
+            };
+            store.commit(&[write]).await?;
+            (store, id)
+        }
+        (None, Some(c)) => (
+            crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?,
+            c,
+        ),
+        (None, None) => bail!("name a case id, or give an exported case file with --file"),
+    };
+    let case = store
+        .case(&case_id)
+        .await?
+        .ok_or_else(|| anyhow!("no case has the id {case_id}"))?;
+    let history = store.history(&case_id).await?;
+    let programs = Programs::new(store.clone(), Arc::new(Project::empty()));
+    let report = check_case(&programs, &case, &history).await;
+    println!(
+        "case {} ({} v{}, workflow {})",
+        case.id,
+        case.workflow_id,
+        case.workflow_version,
+        &case.workflow_hash[..12.min(case.workflow_hash.len())]
+    );
+    let mut code = ExitCode::SUCCESS;
+    match &report.chain {
+        Ok(()) => println!("chain: {} events, every link holds", report.events),
+        Err(e) => {
+            println!("chain: BROKEN at {e}");
+            code = ExitCode::from(2);
+        }
+    }
+    match &report.replay {
+        Ok(()) => println!(
+            "replay: identical, every decision re-derived with the pinned workflow and rules"
+        ),
+        Err(e) => {
+            println!("replay: DIVERGES at {e}");
+            code = ExitCode::from(3);
+        }
+    }
+    Ok(code)
+}
+
+fn import(doc: &Value) -> anyhow::Result<(CaseRecord, Vec<EventRecord>, Vec<DefinitionRecord>)> {
+    if doc["format"] != json!("dossier-case/1") {
+        bail!("its `format` is not dossier-case/1");
+    }
+    let c = &doc["case"];
+    let s = |v: &Value, what: &str| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("missing `{what}`"))
+    };
+    let case = CaseRecord {
+        id: s(&c["id"], "case.id")?,
+        workflow_id: s(&c["workflow_id"], "case.workflow_id")?,
+        workflow_version: c["workflow_version"].as_i64().unwrap_or(0),
+        workflow_hash: s(&c["workflow_hash"], "case.workflow_hash")?,
+        business_key: c["business_key"].as_str().map(str::to_string),
+        parent_id: c["parent_id"].as_str().map(str::to_string),
+        status: s(&c["status"], "case.status")?,
+        current_step: c["current_step"].as_str().map(str::to_string),
+        data: c["data"].to_string(),
+        pins: c["pins"].to_string(),
+        last_seq: c["last_seq"].as_i64().unwrap_or(0),
+        last_hash: c["last_hash"].as_str().unwrap_or_default().to_string(),
+        created_at: c["created_at"].as_i64().unwrap_or(0),
+        updated_at: c["updated_at"].as_i64().unwrap_or(0),
+    };
+    let mut history = Vec::new();
+    for e in doc["history"]
+        .as_array()
+        .ok_or_else(|| anyhow!("missing `history`"))?
+    {
+        history.push(EventRecord {
+            case_id: case.id.clone(),
+            seq: e["seq"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("an event has no `seq`"))?,
+            at: e["at"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("an event has no `at`"))?,
+            kind: s(&e["kind"], "kind")?,
+            // Canonical text again: sorted keys, exact numbers.
+            payload: serde_json::to_string(&e["payload"])?,
+            prev_hash: s(&e["prev_hash"], "prev_hash")?,
+            hash: s(&e["hash"], "hash")?,
+        });
+    }
+    let mut defs = Vec::new();
+    if let Some(m) = doc["definitions"].as_object() {
+        for (hash, d) in m {
+            defs.push(DefinitionRecord {
+                hash: hash.clone(),
+                kind: s(&d["kind"], "definition kind")?,
+                name: s(&d["name"], "definition name")?,
+                version: d["version"].as_i64(),
+                source: s(&d["source"], "definition source")?,
+                loaded_at: 0,
+            });
+        }
+    }
+    Ok((case, history, defs))
+}
+
+// ---- demo ----
+
+/// A clock that can be moved forward: real time plus an offset.
+struct WarpClock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock for WarpClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::TimeDelta::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+}
+
+async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
+    let db = db.unwrap_or_else(|| {
+        root.join(".dossier")
+            .join("demo.db")
+            .to_string_lossy()
+            .into_owned()
+    });
+    let clock = Arc::new(WarpClock {
+        offset_ms: AtomicI64::new(0),
+    });
+    let engine = engine(root, Some(db.clone()), None, clock.clone()).await?;
+    println!("Dossier demo — unpaid invoice reminders (workflow relance_facture) on SQLite {db}\n");
+    let invoices = [
+        (
+            "FAC-2026-0101",
+            "Maquis Chez Tantie",
+            "1250000",
+            "XOF",
+            "2026-01-15",
+            "pays after the first reminder",
+        ),
+        (
+            "FAC-2026-0102",
+            "Atelier Koné Réparations",
+            "480000",
+            "XOF",
+            "2026-01-10",
+            "never pays: collections task",
+        ),
+        (
+            "FAC-2026-0103",
+            "Coworking Plateau",
+            "2400.00",
+            "EUR",
+            "2026-01-20",
+            "pays before the due date",
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (num, client, amount, currency, due, story) in invoices {
+        let input = json!({
+            "facture": num, "client": client, "telephone": "+2250700000000", "email": "compta@example.ci",
+            "montant_ttc": amount.parse::<Value>().unwrap_or(Value::Null), "devise": currency, "echeance": due,
+        });
+        let a = engine.start_case("relance_facture", input, None).await?;
+        println!(
+            "started {num} ({client}, {amount} {currency}, due {due}): {story} — case {}",
+            a.case_id
+        );
+        cases.push((a.case_id, num));
+    }
+    // Accelerated time: whenever nothing can move, jump to the next timer.
+    let mut paid_0101 = false;
+    let mut paid_0103 = false;
+    for _ in 0..200 {
+        wait_idle(&engine).await?;
+        if !paid_0103 {
+            engine
+                .send_event(
+                    "paiement_recu",
+                    json!({"facture": "FAC-2026-0103", "montant": 2400.00}),
+                )
+                .await?;
+            paid_0103 = true;
+            continue;
+        }
+        let reminded = engine
+            .store()
+            .history(&cases[0].0)
+            .await?
+            .iter()
+            .any(|e| e.kind == "effect_completed");
+        if reminded && !paid_0101 {
+            engine
+                .send_event(
+                    "paiement_recu",
+                    json!({"facture": "FAC-2026-0101", "montant": 1250000}),
+                )
+                .await?;
+            paid_0101 = true;
+            continue;
+        }
+        let tasks = engine
+            .store()
+            .tasks(&dossier_store::TaskFilter {
+                status: Some("open".into()),
+                ..Default::default()
+            })
+            .await?;
+        if let Some(t) = tasks.first() {
+            engine
+                .decide_task(
+                    &t.id,
+                    "contentieux",
+                    json!({"commentaire": "Mise en demeure envoyée"}),
+                    "demo.operateur",
+                )
+                .await?;
+            continue;
+        }
+        let Some(next) = engine.store().next_timer_at().await? else {
+            break;
+        };
+        let now = clock.now().timestamp_millis();
+        if next > now {
+            clock.offset_ms.fetch_add(next - now, Ordering::SeqCst);
+        }
+    }
+    let programs = engine.programs();
+    for (id, num) in &cases {
+        let case = engine
+            .store()
+            .case(id)
+            .await?
+            .ok_or_else(|| anyhow!("case {id} vanished"))?;
+        let history = engine.store().history(id).await?;
+        println!("\n== {num}: {} ==", case.status);
+        let start = DateTime::<Utc>::from_timestamp_millis(case.created_at).unwrap_or_default();
+        let mut events = Vec::new();
+        for h in &history {
+            let p: Value = serde_json::from_str(&h.payload)?;
+            events.push((
+                DateTime::<Utc>::from_timestamp_millis(h.at).unwrap_or_default(),
+                Event::from_parts(&h.kind, &p)?,
+            ));
+        }
+        let refs: Vec<(DateTime<Utc>, &Event)> = events.iter().map(|(a, e)| (*a, e)).collect();
+        print!("{}", dossier_runtime::timeline::render(start, &refs));
+        let report = check_case(programs, &case, &history).await;
+        println!(
+            "audit: chain {} · replay {}",
+            if report.chain.is_ok() {
+                "intact"
+            } else {
+                "BROKEN"
+            },
+            if report.replay.is_ok() {
+                "identical"
+            } else {
+                "DIVERGES"
+            }
+        );
+    }
+    println!("\nThe database is kept: try `dossier cases --db {db}` and `dossier replay CASE --db {db}`.");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1029 @@
+//! The live engine: one sequencer task applies inputs to cases and group-commits their writes;
+//! effect workers call connectors; a timer task fires durable timers.
+//!
+//! Order of things for every input: transition in memory → one transaction for the whole batch
+//! → only then effects are handed to workers, callers get their answer and the cache is
+//! updated. A crash before the commit loses only work whose inputs are still durable elsewhere
+//! (the outbox, the timers table, the caller who got no answer); a crash after it re-performs
+//! at most the effects whose results were not yet recorded, with the same idempotency keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dossier_connectors::{EffectRequest, Registry};
+use dossier_core::replay::{replay, RecordedEvent};
+use dossier_core::{Action, CaseState, CaseStatus, Event, ParentRef, Program, Transition};
+use dossier_store::{CaseRecord, CaseWrite, EffectRecord, Store, StoreError};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+use crate::apply::{case_write, ChainHead};
+use crate::programs::Programs;
+use crate::project::Project;
+use crate::{Clock, Result, RuntimeError};
+
+/// The connector name of the internal effect that tells a parent case its child ended.
+const PARENT_CONNECTOR: &str = "_parent";
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Connector calls in flight at once.
+    pub effect_concurrency: usize,
+    /// Case transitions committed in one transaction at most.
+    pub max_batch: usize,
+    /// Case states kept in memory; the others are rebuilt from their history when needed.
+    pub cache_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            effect_concurrency: 256,
+            max_batch: 512,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+/// What a caller learns once its input is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub case_id: String,
+    pub status: String,
+    /// False when the input changed nothing (a stale timer, a duplicate result).
+    pub recorded: bool,
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub case_id: String,
+    pub status: CaseStatus,
+    pub output: Value,
+}
+
+/// Rows to remove once an input is handled, even when the case ignores it.
+#[derive(Debug, Clone, Default)]
+struct Cleanup {
+    effect: Option<String>,
+    timer: Option<String>,
+}
+
+enum Command {
+    Start {
+        program: Arc<Program>,
+        case_id: String,
+        input: Value,
+        business_key: Option<String>,
+        reply: Option<oneshot::Sender<Result<Applied>>>,
+    },
+    Input {
+        case_id: String,
+        event: Event,
+        cleanup: Cleanup,
+        reply: Option<oneshot::Sender<Result<Applied>>>,
+    },
+}
+
+impl Command {
+    fn case_id(&self) -> &str {
+        match self {
+            Command::Start { case_id, .. } | Command::Input { case_id, .. } => case_id,
+        }
+    }
+}
+
+struct Cached {
+    state: CaseState,
+    program: Arc<Program>,
+    head: ChainHead,
+}
+
+/// One case's part of a batch.
+struct Staged {
+    case_id: String,
+    cached: Option<Cached>,
+    actions: Vec<Action>,
+    reply: Option<oneshot::Sender<Result<Applied>>>,
+    applied: Applied,
+    /// The command, to run again if the batch fails on a conflict.
+    retry: Option<Command>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    programs: Programs,
+    connectors: Registry,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    timer_wake: Notify,
+    /// Earliest timer known to be set since the timer task last looked, in ms.
+    next_timer_hint: AtomicI64,
+    effects_in_flight: Mutex<HashSet<String>>,
+    timers_in_flight: Mutex<HashSet<String>>,
+    effect_slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Finished>>>>,
+    /// Correlation key sets per event name, from every deployed workflow.
+    correlations: BTreeMap<String, BTreeSet<Vec<String>>>,
+}
+
+/// A running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Stores the project's definitions, recovers pending effects and starts the sequencer,
+    /// the timer task and the effect workers.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        project: Arc<Project>,
+        connectors: Registry,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        let now = clock.now();
+        store
+            .put_definitions(&project.definitions(now.timestamp_millis()))
+            .await?;
+        let mut correlations: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
+        for def in store.definitions("workflow").await? {
+            if let Ok(pw) = dossier_model::parse_workflow(&def.name, &def.source) {
+                collect_correlations(&pw.workflow.steps, &mut correlations);
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            programs: Programs::new(store.clone(), project),
+            store,
+            connectors,
+            clock,
+            effect_slots: Arc::new(Semaphore::new(config.effect_concurrency.max(1))),
+            config,
+            commands: tx,
+            timer_wake: Notify::new(),
+            next_timer_hint: AtomicI64::new(i64::MAX),
+            effects_in_flight: Mutex::new(HashSet::new()),
+            timers_in_flight: Mutex::new(HashSet::new()),
+            queued: AtomicUsize::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            correlations,
+        });
+        tokio::spawn(sequencer(inner.clone(), rx));
+        tokio::spawn(timer_task(inner.clone()));
+        // Effects whose result was never recorded (the previous run stopped) go out again,
+        // with their original idempotency keys.
+        let mut after: Option<String> = None;
+        loop {
+            let page = inner.store.pending_effects(after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for e in page {
+                dispatch_effect(&inner, effect_job(&e));
+            }
+        }
+        Ok(Engine { inner })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn programs(&self) -> &Programs {
+        &self.inner.programs
+    }
+
+    /// Starts a case of the deployed version of `workflow`; answers once it is committed.
+    pub async fn start_case(
+        &self,
+        workflow: &str,
+        input: Value,
+        business_key: Option<String>,
+    ) -> Result<Applied> {
+        let program = self.inner.programs.current(workflow)?;
+        let case_id = uuid::Uuid::now_v7().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Start {
+            program,
+            case_id,
+            input,
+            business_key,
+            reply: Some(tx),
+        });
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Starts a case and waits until it ends (completed, failed or cancelled).
+    pub async fn run_case(&self, workflow: &str, input: Value) -> Result<Finished> {
+        let program = self.inner.programs.current(workflow)?;
+        let case_id = uuid::Uuid::now_v7().to_string();
+        let (done_tx, done_rx) = oneshot::channel();
+        lock(&self.inner.waiters)
+            .entry(case_id.clone())
+            .or_default()
+            .push(done_tx);
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Start {
+            program,
+            case_id: case_id.clone(),
+            input,
+            business_key: None,
+            reply: Some(tx),
+        });
+        match rx.await.map_err(|_| RuntimeError::Stopped)? {
+            Ok(_) => done_rx.await.map_err(|_| RuntimeError::Stopped),
+            Err(e) => {
+                lock(&self.inner.waiters).remove(&case_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Delivers an event to every case waiting for it whose correlation keys match.
+    /// Returns the ids of the cases it reached.
+    pub async fn send_event(&self, name: &str, payload: Value) -> Result<Vec<String>> {
+        let mut reached = Vec::new();
+        let Some(key_sets) = self.inner.correlations.get(name) else {
+            return Ok(reached);
+        };
+        for keys in key_sets {
+            let mut values = BTreeMap::new();
+            for k in keys {
+                match payload.get(k) {
+                    Some(v) => {
+                        values.insert(k.clone(), v.clone());
+                    }
+                    None => break,
+                }
+            }
+            if values.len() != keys.len() {
+                continue;
+            }
+            let text = dossier_core::correlation_text(&values);
+            for w in self.inner.store.waits_for(name, &text).await? {
+                let event = Event::EventReceived {
+                    wait: w.id.clone(),
+                    event: name.to_string(),
+                    payload: payload.clone(),
+                };
+                let applied = self.input(&w.case_id, event).await?;
+                if applied.recorded {
+                    reached.push(w.case_id);
+                }
+            }
+        }
+        Ok(reached)
+    }
+
+    /// Applies an input to a case and answers once it is committed.
+    pub async fn input(&self, case_id: &str, event: Event) -> Result<Applied> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Input {
+            case_id: case_id.to_string(),
+            event,
+            cleanup: Cleanup::default(),
+            reply: Some(tx),
+        });
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Cancels a case: its compensations run, then it ends `cancelled`.
+    pub async fn cancel(&self, case_id: &str, reason: &str, by: &str) -> Result<Applied> {
+        self.input(
+            case_id,
+            Event::CancelRequested {
+                reason: reason.to_string(),
+                by: by.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Records a person's decision on a task.
+    pub async fn decide_task(
+        &self,
+        task_id: &str,
+        outcome: &str,
+        data: Value,
+        by: &str,
+    ) -> Result<Applied> {
+        let task = self
+            .inner
+            .store
+            .task(task_id)
+            .await?
+            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))?;
+        let event = Event::TaskDecided {
+            task: task_id.to_string(),
+            outcome: outcome.to_string(),
+            data,
+            by: by.to_string(),
+        };
+        self.input(&task.case_id, event).await
+    }
+
+    /// True when nothing is queued, no effect is in flight and no timer is due.
+    pub async fn is_idle(&self) -> Result<bool> {
+        if self.inner.queued.load(Ordering::SeqCst) > 0
+            || !lock(&self.inner.effects_in_flight).is_empty()
+        {
+            return Ok(false);
+        }
+        let now = self.inner.clock.now().timestamp_millis();
+        Ok(self.inner.store.due_timers(now, 1).await?.is_empty())
+    }
+
+    fn send(&self, cmd: Command) {
+        submit(&self.inner, cmd);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn submit(inner: &Inner, cmd: Command) {
+    inner.queued.fetch_add(1, Ordering::SeqCst);
+    if inner.commands.send(cmd).is_err() {
+        inner.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn collect_correlations(
+    steps: &[dossier_model::Step],
+    out: &mut BTreeMap<String, BTreeSet<Vec<String>>>,
+) {
+    for s in steps {
+        if let Some(we) = &s.wait_event {
+            let mut keys: Vec<String> = we.correlate.keys().cloned().collect();
+            keys.sort();
+            out.entry(we.event.clone()).or_default().insert(keys);
+        }
+        for b in s.parallel.iter().flatten() {
+            collect_correlations(&b.steps, out);
+        }
+        if let Some(f) = &s.for_each {
+            collect_correlations(&f.steps, out);
+        }
+        if let Some(c) = &s.compensate {
+            collect_correlations(c, out);
+        }
+    }
+}
+
+// ---- the sequencer ----
+
+struct Batch {
+    writes: Vec<CaseWrite>,
+    staged: Vec<Staged>,
+    touched: HashSet<String>,
+}
+
+async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut cache: Lru = Lru::new(inner.config.cache_capacity);
+    let mut deferred: VecDeque<Command> = VecDeque::new();
+    loop {
+        let mut cmds: Vec<Command> = deferred.drain(..).collect();
+        if cmds.is_empty() {
+            match rx.recv().await {
+                Some(c) => cmds.push(c),
+                None => return,
+            }
+        }
+        while cmds.len() < inner.config.max_batch {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        let now = inner.clock.now();
+        let mut batch = Batch {
+            writes: Vec::new(),
+            staged: Vec::new(),
+            touched: HashSet::new(),
+        };
+        for cmd in cmds {
+            if batch.touched.contains(cmd.case_id()) {
+                // One transition per case and batch: the next one builds on the committed state.
+                deferred.push_back(cmd);
+                continue;
+            }
+            inner.queued.fetch_sub(1, Ordering::SeqCst);
+            prepare(&inner, &mut cache, &mut batch, cmd, now).await;
+        }
+        if batch.writes.is_empty() {
+            finish_batch(&inner, &mut cache, batch, now);
+            continue;
+        }
+        match inner.store.commit(&batch.writes).await {
+            Ok(()) => finish_batch(&inner, &mut cache, batch, now),
+            Err(e) => {
+                let conflict = matches!(e, StoreError::Conflict { .. });
+                if !conflict {
+                    tracing::error!(error = %e, "commit failed; the batch's inputs are retried");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Nothing of the batch was written: forget the states built on it and run the
+                // commands again from what the database holds.
+                for s in batch.staged {
+                    cache.remove(&s.case_id);
+                    match s.retry {
+                        Some(cmd) => {
+                            inner.queued.fetch_add(1, Ordering::SeqCst);
+                            deferred.push_back(cmd)
+                        }
+                        None => {
+                            if let Some(r) = s.reply {
+                                let _ = r.send(Err(RuntimeError::Store(e.to_string())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn load_case(inner: &Inner, cache: &mut Lru, case_id: &str) -> Result<Option<Cached>> {
+    if let Some(c) = cache.take(case_id) {
+        return Ok(Some(c));
+    }
+    let Some(rec) = inner.store.case(case_id).await? else {
+        return Ok(None);
+    };
+    let program = inner.programs.for_case(&rec).await?;
+    let history = inner.store.history(case_id).await?;
+    let mut events = Vec::with_capacity(history.len());
+    for h in &history {
+        let payload: Value = serde_json::from_str(&h.payload)
+            .map_err(|e| RuntimeError::Corrupt(format!("case {case_id} event {}: {e}", h.seq)))?;
+        let event = Event::from_parts(&h.kind, &payload)
+            .map_err(|e| RuntimeError::Corrupt(format!("case {case_id} event {}: {e}", h.seq)))?;
+        let at = DateTime::<Utc>::from_timestamp_millis(h.at).unwrap_or_default();
+        events.push(RecordedEvent {
+            seq: h.seq,
+            at,
+            event,
+        });
+    }
+    let state = replay(&program, case_id, &events)
+        .map_err(|d| RuntimeError::Corrupt(format!("case {case_id} does not replay: {d}")))?;
+    let head = head_of(&rec);
+    Ok(Some(Cached {
+        state,
+        program,
+        head,
+    }))
+}
+
+fn head_of(rec: &CaseRecord) -> ChainHead {
+    ChainHead {
+        last_seq: rec.last_seq,
+        last_hash: rec.last_hash.clone(),
+        created_at: rec.created_at,
+    }
+}
+
+async fn prepare(
+    inner: &Inner,
+    cache: &mut Lru,
+    batch: &mut Batch,
+    cmd: Command,
+    now: DateTime<Utc>,
+) {
+    match cmd {
+        Command::Start {
+            program,
+            case_id,
+            input,
+            business_key,
+            reply,
+        } => {
+            match CaseState::start(
+                &program,
+                &case_id,
+                input.clone(),
+                business_key.clone(),
+                None,
+                now,
+            ) {
+                Ok((state, transition)) => {
+                    let retry = Command::Start {
+                        program: program.clone(),
+                        case_id: case_id.clone(),
+                        input,
+                        business_key,
+                        reply: None,
+                    };
+                    let head = ChainHead::genesis(now.timestamp_millis());
+                    stage(
+                        inner,
+                        batch,
+                        Cached {
+                            state,
+                            program,
+                            head,
+                        },
+                        transition,
+                        Cleanup::default(),
+                        reply,
+                        Some(retry),
+                        now,
+                    )
+                    .await;
+                }
+                Err(r) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(RuntimeError::Rejected(r)));
+                    }
+                }
+            }
+        }
+        Command::Input {
+            case_id,
+            event,
+            cleanup,
+            reply,
+        } => {
+            let cached = match load_case(inner, cache, &case_id).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(RuntimeError::UnknownCase(case_id.clone())));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(case = %case_id, error = %e, "cannot load the case");
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(e));
+                    }
+                    return;
+                }
+            };
+            let mut cached = cached;
+            let retry = Command::Input {
+                case_id: case_id.clone(),
+                event: event.clone(),
+                cleanup: cleanup.clone(),
+                reply: None,
+            };
+            match cached.state.handle(&cached.program, event, now) {
+                Ok(transition) => {
+                    stage(
+                        inner,
+                        batch,
+                        cached,
+                        transition,
+                        cleanup,
+                        reply,
+                        Some(retry),
+                        now,
+                    )
+                    .await
+                }
+                Err(r) => {
+                    cache.put(case_id, cached);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(RuntimeError::Rejected(r)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stage(
+    inner: &Inner,
+    batch: &mut Batch,
+    cached: Cached,
+    transition: Transition,
+    cleanup: Cleanup,
+    reply: Option<oneshot::Sender<Result<Applied>>>,
+    retry: Option<Command>,
+    now: DateTime<Utc>,
+) {
+    let case_id = cached.state.case_id.clone();
+    batch.touched.insert(case_id.clone());
+    let recorded = !transition.events.is_empty();
+    let (mut write, head) = if recorded {
+        let (w, _, head) = case_write(
+            &cached.program,
+            &cached.state,
+            &transition,
+            now,
+            &cached.head,
+        );
+        (w, head)
+    } else {
+        (CaseWrite::default(), cached.head.clone())
+    };
+    if let Some(t) = cleanup.timer {
+        if !write.timers_done.contains(&t) {
+            write.timers_done.push(t);
+        }
+    }
+    if let Some(k) = cleanup.effect {
+        if !write.effects_done.contains(&k) {
+            write.effects_done.push(k);
+        }
+    }
+    let mut children = Vec::new();
+    for a in &transition.actions {
+        match a {
+            Action::Finished { status, output } => {
+                if let Some(parent) = &cached.state.parent {
+                    // Telling the parent is itself a durable effect: it survives a crash.
+                    write.effects_new.push(EffectRecord {
+                        key: format!("{case_id}:notify-parent"),
+                        case_id: case_id.clone(),
+                        step: parent.step.clone(),
+                        connector: PARENT_CONNECTOR.into(),
+                        operation: "notify".into(),
+                        request: json!({"parent": parent.case_id, "status": status.name(), "output": output}).to_string(),
+                        attempt: 1,
+                        timeout_ms: None,
+                        created_at: now.timestamp_millis(),
+                    });
+                }
+            }
+            Action::StartChild {
+                child,
+                workflow_hash,
+                input,
+                parent,
+                ..
+            } => {
+                children.push((
+                    child.clone(),
+                    workflow_hash.clone(),
+                    input.clone(),
+                    parent.clone(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let status = cached.state.status_name().to_string();
+    let has_write = write != CaseWrite::default();
+    if has_write {
+        batch.writes.push(write);
+    }
+    batch.staged.push(Staged {
+        case_id: case_id.clone(),
+        cached: Some(Cached { head, ..cached }),
+        actions: transition.actions,
+        reply,
+        applied: Applied {
+            case_id,
+            status,
+            recorded,
+        },
+        retry,
+    });
+    for (child, hash, input, parent) in children {
+        start_child(inner, batch, child, hash, input, parent, now).await;
+    }
+}
+
+async fn start_child(
+    inner: &Inner,
+    batch: &mut Batch,
+    child: String,
+    workflow_hash: String,
+    input: Value,
+    parent: ParentRef,
+    now: DateTime<Utc>,
+) {
+    let started = match inner.programs.for_workflow_hash(&workflow_hash).await {
+        Ok(program) => {
+            match CaseState::start(&program, &child, input, None, Some(parent.clone()), now) {
+                Ok((state, t)) => Ok((program, state, t)),
+                Err(r) => Err(r.to_string()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match started {
+        Ok((program, state, transition)) => {
+            let head = ChainHead::genesis(now.timestamp_millis());
+            Box::pin(stage(
+                inner,
+                batch,
+                Cached {
+                    state,
+                    program,
+                    head,
+                },
+                transition,
+                Cleanup::default(),
+                None,
+                None,
+                now,
+            ))
+            .await;
+        }
+        Err(why) => {
+            // The child cannot exist: the parent hears at once that it failed.
+            let event = Event::ChildFinished {
+                child,
+                status: "failed".into(),
+                output: Value::String(why),
+            };
+            submit(
+                inner,
+                Command::Input {
+                    case_id: parent.case_id,
+                    event,
+                    cleanup: Cleanup::default(),
+                    reply: None,
+                },
+            );
+        }
+    }
+}
+
+fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime<Utc>) {
+    for s in batch.staged {
+        for a in &s.actions {
+            match a {
+                Action::PerformEffect {
+                    key,
+                    step,
+                    connector,
+                    operation,
+                    request,
+                    attempt,
+                    timeout_ms,
+                } => {
+                    dispatch_effect(
+                        inner,
+                        EffectJob {
+                            key: key.clone(),
+                            case_id: s.case_id.clone(),
+                            step: step.clone(),
+                            connector: connector.clone(),
+                            operation: operation.clone(),
+                            request: request.clone(),
+                            attempt: *attempt,
+                            timeout_ms: *timeout_ms,
+                        },
+                    );
+                }
+                Action::SetTimer { fire_at, .. } => {
+                    let ms = fire_at.timestamp_millis();
+                    if inner.next_timer_hint.fetch_min(ms, Ordering::SeqCst) > ms {
+                        inner.timer_wake.notify_one();
+                    }
+                }
+                Action::Finished { status, output } => {
+                    if let Some(parent) = &s.cached.as_ref().and_then(|c| c.state.parent.clone()) {
+                        dispatch_effect(
+                            inner,
+                            EffectJob {
+                                key: format!("{}:notify-parent", s.case_id),
+                                case_id: s.case_id.clone(),
+                                step: parent.step.clone(),
+                                connector: PARENT_CONNECTOR.into(),
+                                operation: "notify".into(),
+                                request: json!({"parent": parent.case_id, "status": status.name(), "output": output}),
+                                attempt: 1,
+                                timeout_ms: None,
+                            },
+                        );
+                    }
+                    let waiters = lock(&inner.waiters).remove(&s.case_id).unwrap_or_default();
+                    for w in waiters {
+                        let _ = w.send(Finished {
+                            case_id: s.case_id.clone(),
+                            status: *status,
+                            output: output.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = s.cached {
+            if c.state.status == CaseStatus::Running {
+                cache.put(s.case_id.clone(), c);
+            } else {
+                cache.remove(&s.case_id);
+            }
+        }
+        if let Some(r) = s.reply {
+            let _ = r.send(Ok(s.applied));
+        }
+    }
+    let _ = now;
+}
+
+// ---- effects ----
+
+struct EffectJob {
+    key: String,
+    case_id: String,
+    step: String,
+    connector: String,
+    operation: String,
+    request: Value,
+    attempt: u32,
+    timeout_ms: Option<u64>,
+}
+
+fn effect_job(e: &EffectRecord) -> EffectJob {
+    EffectJob {
+        key: e.key.clone(),
+        case_id: e.case_id.clone(),
+        step: e.step.clone(),
+        connector: e.connector.clone(),
+        operation: e.operation.clone(),
+        request: serde_json::from_str(&e.request).unwrap_or(Value::Null),
+        attempt: e.attempt.max(1) as u32,
+        timeout_ms: e.timeout_ms.map(|t| t.max(0) as u64),
+    }
+}
+
+fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
+    if !lock(&inner.effects_in_flight).insert(job.key.clone()) {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let key = job.key.clone();
+        if job.connector == PARENT_CONNECTOR {
+            let parent = job.request["parent"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let event = Event::ChildFinished {
+                child: job.case_id.clone(),
+                status: job.request["status"]
+                    .as_str()
+                    .unwrap_or("failed")
+                    .to_string(),
+                output: job.request["output"].clone(),
+            };
+            lock(&inner.effects_in_flight).remove(&key);
+            submit(
+                &inner,
+                Command::Input {
+                    case_id: parent,
+                    event,
+                    cleanup: Cleanup {
+                        effect: Some(key),
+                        timer: None,
+                    },
+                    reply: None,
+                },
+            );
+            return;
+        }
+        let permit = inner.effect_slots.clone().acquire_owned().await;
+        let req = EffectRequest {
+            idempotency_key: job.key.clone(),
+            case_id: job.case_id.clone(),
+            step: job.step.clone(),
+            operation: job.operation.clone(),
+            request: job.request.clone(),
+            attempt: job.attempt,
+        };
+        let call = inner.connectors.call(&job.connector, &req);
+        let result = match job.timeout_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), call).await {
+                Ok(r) => r,
+                Err(_) => Err(dossier_connectors::ConnectorError::Transient(format!(
+                    "no answer within {ms} ms"
+                ))),
+            },
+            None => call.await,
+        };
+        drop(permit);
+        let event = match result {
+            Ok(v) => Event::EffectCompleted {
+                key: key.clone(),
+                result: v,
+            },
+            Err(e) => Event::EffectFailed {
+                key: key.clone(),
+                error: e.to_string(),
+                retryable: e.is_transient(),
+            },
+        };
+        lock(&inner.effects_in_flight).remove(&key);
+        submit(
+            &inner,
+            Command::Input {
+                case_id: job.case_id,
+                event,
+                cleanup: Cleanup {
+                    effect: Some(key),
+                    timer: None,
+                },
+                reply: None,
+            },
+        );
+    });
+}
+
+// ---- timers ----
+
+async fn timer_task(inner: Arc<Inner>) {
+    loop {
+        let now = inner.clock.now().timestamp_millis();
+        inner.next_timer_hint.store(i64::MAX, Ordering::SeqCst);
+        let mut pause = Duration::from_secs(1);
+        match inner.store.due_timers(now, 1000).await {
+            Ok(due) => {
+                let mut fresh = 0;
+                {
+                    let mut in_flight = lock(&inner.timers_in_flight);
+                    // Timers handed over before and now gone from the table are done.
+                    let due_ids: HashSet<&String> = due.iter().map(|t| &t.id).collect();
+                    in_flight.retain(|id| due_ids.contains(id));
+                    for t in &due {
+                        if in_flight.insert(t.id.clone()) {
+                            fresh += 1;
+                            submit(
+                                &inner,
+                                Command::Input {
+                                    case_id: t.case_id.clone(),
+                                    event: Event::TimerFired {
+                                        timer: t.id.clone(),
+                                    },
+                                    cleanup: Cleanup {
+                                        effect: None,
+                                        timer: Some(t.id.clone()),
+                                    },
+                                    reply: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                if !due.is_empty() {
+                    // Let the sequencer commit them before looking again.
+                    pause = Duration::from_millis(if fresh > 0 { 5 } else { 20 });
+                } else if let Ok(Some(next)) = inner.store.next_timer_at().await {
+                    let wait = (next - inner.clock.now().timestamp_millis()).clamp(0, 1000);
+                    pause = Duration::from_millis(wait as u64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read due timers"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = inner.timer_wake.notified() => {}
+        }
+    }
+}
+
+// ---- a small LRU of case states ----
+
+struct Lru {
+    capacity: usize,
+    map: HashMap<String, (Cached, u64)>,
+    order: BTreeMap<u64, String>,
+    tick: u64,
+}
+
+impl Lru {
+    fn new(capacity: usize) -> Lru {
+        Lru {
+            capacity: capacity.max(1),
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<Cached> {
+        let (c, t) = self.map.remove(id)?;
+        self.order.remove(&t);
+        Some(c)
+    }
+
+    fn remove(&mut self, id: &str) {
+        let _ = self.take(id);
+    }
+
+    fn put(&mut self, id: String, c: Cached) {
+        self.remove(&id);
+        self.tick += 1;
+        self.order.insert(self.tick, id.clone());
+        self.map.insert(id, (c, self.tick));
+        while self.map.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+    }
+}

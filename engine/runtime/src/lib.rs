@@ -1,0 +1,69 @@
+//! The runtime of Dossier: everything around the pure state machine that touches the world.
+//!
+//! - [`project`]: reads and validates a project directory (workflows, rules, templates).
+//! - [`programs`]: compiled programs by pinned content hashes, old versions from the store.
+//! - [`engine`]: the live engine (group commit, effect workers, durable timers).
+//! - [`simulate`]: virtual time for `dossier run` and `dossier test`.
+//! - [`testing`]: workflow test files (`workflows/*.test.yaml`).
+//! - [`apply`]: transition to database rows.
+
+pub mod apply;
+pub mod engine;
+pub mod programs;
+pub mod project;
+pub mod simulate;
+pub mod testing;
+pub mod timeline;
+
+use chrono::{DateTime, Utc};
+
+pub use engine::{Applied, Engine, EngineConfig, Finished};
+pub use project::Project;
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the project has errors:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<dossier_model::Diagnostic>),
+    #[error("no workflow is named `{id}` (deployed: {})", .known.join(", "))]
+    UnknownWorkflow { id: String, known: Vec<String> },
+    #[error("no case has the id {0}")]
+    UnknownCase(String),
+    #[error("no task has the id {0}")]
+    UnknownTask(String),
+    #[error("{0}")]
+    Rejected(#[from] dossier_core::Rejection),
+    #[error("{0}")]
+    Program(#[from] dossier_core::CoreError),
+    #[error("storage: {0}")]
+    Store(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("simulation: {0}")]
+    Simulation(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl From<dossier_store::StoreError> for RuntimeError {
+    fn from(e: dossier_store::StoreError) -> Self {
+        RuntimeError::Store(e.to_string())
+    }
+}
+
+/// Where the engine gets the time. The state machine never reads a clock: the engine reads
+/// this one and passes the time in with each input.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,380 @@
+//! Pieces shared by the SQL backends: column lists, row tuples and their conversion into records,
+//! and the planning of a batch into rounds that can be applied with batched statements.
+//!
+//! Both schemas are identical (see `migrations/`), so the column lists and the positional row
+//! tuples are shared; each backend only differs in how it binds and batches.
+
+use std::collections::HashSet;
+
+use crate::{
+    CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, TaskRecord, TaskUpdate,
+    TimerRecord, WaitRecord,
+};
+
+// Column lists as macros rather than consts so that `concat!` can build whole `&'static str`
+// statements from them (sqlx caches prepared statements by their SQL text).
+macro_rules! case_cols {
+    () => {
+        "id, workflow_id, workflow_version, workflow_hash, business_key, parent_id, status, \
+         current_step, data, pins, last_seq, last_hash, created_at, updated_at"
+    };
+}
+macro_rules! event_cols {
+    () => {
+        "case_id, seq, at, kind, payload, prev_hash, hash"
+    };
+}
+macro_rules! effect_cols {
+    () => {
+        "key, case_id, step, connector, operation, request, attempt, timeout_ms, created_at"
+    };
+}
+macro_rules! timer_cols {
+    () => {
+        "id, case_id, fire_at, purpose"
+    };
+}
+macro_rules! wait_cols {
+    () => {
+        "id, case_id, event_name, correlation, created_at"
+    };
+}
+macro_rules! task_cols {
+    () => {
+        "id, case_id, workflow_id, step, role, title, form, status, assignee, due_at, \
+         created_at, completed_at, completed_by, outcome, data"
+    };
+}
+macro_rules! definition_cols {
+    () => {
+        "hash, kind, name, version, source, loaded_at"
+    };
+}
+pub(crate) use {
+    case_cols, definition_cols, effect_cols, event_cols, task_cols, timer_cols, wait_cols,
+};
+
+/// The columns a case update rewrites: everything but the id. The case row is a projection the
+/// runtime recomputes whole, so every column is written back.
+pub(crate) const CASE_UPDATE_COLS: [&str; 13] = [
+    "workflow_id",
+    "workflow_version",
+    "workflow_hash",
+    "business_key",
+    "parent_id",
+    "status",
+    "current_step",
+    "data",
+    "pins",
+    "last_seq",
+    "last_hash",
+    "created_at",
+    "updated_at",
+];
+
+// Positional row tuples, decoded in the order of the column lists above. Tuples implement
+// `FromRow` for every sqlx database, which keeps the record types free of sqlx derives.
+pub(crate) type CaseRow = (
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+);
+pub(crate) type EventRow = (String, i64, i64, String, String, String, String);
+pub(crate) type EffectRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+);
+pub(crate) type TimerRow = (String, String, i64, String);
+pub(crate) type WaitRow = (String, String, String, String, i64);
+pub(crate) type TaskRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+pub(crate) type DefinitionRow = (String, String, String, Option<i64>, String, i64);
+
+pub(crate) fn case_from(r: CaseRow) -> CaseRecord {
+    CaseRecord {
+        id: r.0,
+        workflow_id: r.1,
+        workflow_version: r.2,
+        workflow_hash: r.3,
+        business_key: r.4,
+        parent_id: r.5,
+        status: r.6,
+        current_step: r.7,
+        data: r.8,
+        pins: r.9,
+        last_seq: r.10,
+        last_hash: r.11,
+        created_at: r.12,
+        updated_at: r.13,
+    }
+}
+
+pub(crate) fn event_from(r: EventRow) -> EventRecord {
+    EventRecord {
+        case_id: r.0,
+        seq: r.1,
+        at: r.2,
+        kind: r.3,
+        payload: r.4,
+        prev_hash: r.5,
+        hash: r.6,
+    }
+}
+
+pub(crate) fn effect_from(r: EffectRow) -> EffectRecord {
+    EffectRecord {
+        key: r.0,
+        case_id: r.1,
+        step: r.2,
+        connector: r.3,
+        operation: r.4,
+        request: r.5,
+        attempt: r.6,
+        timeout_ms: r.7,
+        created_at: r.8,
+    }
+}
+
+pub(crate) fn timer_from(r: TimerRow) -> TimerRecord {
+    TimerRecord {
+        id: r.0,
+        case_id: r.1,
+        fire_at: r.2,
+        purpose: r.3,
+    }
+}
+
+pub(crate) fn wait_from(r: WaitRow) -> WaitRecord {
+    WaitRecord {
+        id: r.0,
+        case_id: r.1,
+        event_name: r.2,
+        correlation: r.3,
+        created_at: r.4,
+    }
+}
+
+pub(crate) fn task_from(r: TaskRow) -> TaskRecord {
+    TaskRecord {
+        id: r.0,
+        case_id: r.1,
+        workflow_id: r.2,
+        step: r.3,
+        role: r.4,
+        title: r.5,
+        form: r.6,
+        status: r.7,
+        assignee: r.8,
+        due_at: r.9,
+        created_at: r.10,
+        completed_at: r.11,
+        completed_by: r.12,
+        outcome: r.13,
+        data: r.14,
+    }
+}
+
+pub(crate) fn definition_from(r: DefinitionRow) -> DefinitionRecord {
+    DefinitionRecord {
+        hash: r.0,
+        kind: r.1,
+        name: r.2,
+        version: r.3,
+        source: r.4,
+        loaded_at: r.5,
+    }
+}
+
+/// A read `limit` as SQL sees it: zero or negative means "no limit" (so that `Default` filters
+/// return everything rather than nothing).
+pub(crate) fn sql_limit(limit: i64) -> i64 {
+    if limit <= 0 {
+        i64::MAX
+    } else {
+        limit
+    }
+}
+
+/// The same rule as [`sql_limit`], for the in-memory store.
+pub(crate) fn take_limit(limit: i64) -> usize {
+    if limit <= 0 {
+        usize::MAX
+    } else {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+}
+
+/// The case a write is about, for error reports: the case row's id, else the case of its first
+/// side row. A write with nothing at all has no case, hence the empty string.
+pub(crate) fn write_case_id(w: &CaseWrite) -> String {
+    if let Some(c) = &w.case {
+        return c.id.clone();
+    }
+    w.events
+        .first()
+        .map(|e| &e.case_id)
+        .or_else(|| w.effects_new.first().map(|e| &e.case_id))
+        .or_else(|| w.timers_new.first().map(|t| &t.case_id))
+        .or_else(|| w.waits_new.first().map(|t| &t.case_id))
+        .or_else(|| w.tasks_new.first().map(|t| &t.case_id))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The conflict error blaming one write of a batch.
+pub(crate) fn conflict_of(w: &CaseWrite) -> crate::StoreError {
+    crate::StoreError::Conflict {
+        case_id: write_case_id(w),
+        expected: w.expected_last_seq,
+    }
+}
+
+/// Splits a batch into consecutive rounds in which no two writes touch the same key (case id,
+/// effect key, timer id, wait id or task id).
+///
+/// The contract is that a batch means "apply the writes one after the other". Within a round the
+/// writes are independent, so the SQL backends may apply them table by table with one batched
+/// statement each (all case inserts, then all events, then all deletes...) and get exactly the
+/// sequential result. A write that touches a key an earlier write of the round touched (the same
+/// case twice, an effect inserted by one write and removed by the next...) starts a new round.
+/// In practice a group commit carries one transition per case and has a single round.
+pub(crate) fn rounds(batch: &[CaseWrite]) -> Vec<&[CaseWrite]> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<(u8, &str)> = HashSet::new();
+    let mut start = 0;
+    for (i, w) in batch.iter().enumerate() {
+        let keys = write_keys(w);
+        if keys.iter().any(|k| seen.contains(k)) {
+            out.push(&batch[start..i]);
+            start = i;
+            seen.clear();
+        }
+        seen.extend(keys);
+    }
+    if start < batch.len() {
+        out.push(&batch[start..]);
+    }
+    out
+}
+
+/// Every key a write touches, tagged by table. Events are not included: they are only ever
+/// inserted, and a duplicate is a conflict whatever the order.
+fn write_keys(w: &CaseWrite) -> Vec<(u8, &str)> {
+    let mut keys = Vec::with_capacity(
+        1 + w.effects_new.len()
+            + w.effects_done.len()
+            + w.timers_new.len()
+            + w.timers_done.len()
+            + w.waits_new.len()
+            + w.waits_done.len()
+            + w.tasks_new.len()
+            + w.tasks_updated.len(),
+    );
+    if let Some(c) = &w.case {
+        keys.push((0, c.id.as_str()));
+    }
+    keys.extend(w.effects_new.iter().map(|e| (1, e.key.as_str())));
+    keys.extend(w.effects_done.iter().map(|k| (1, k.as_str())));
+    keys.extend(w.timers_new.iter().map(|t| (2, t.id.as_str())));
+    keys.extend(w.timers_done.iter().map(|k| (2, k.as_str())));
+    keys.extend(w.waits_new.iter().map(|t| (3, t.id.as_str())));
+    keys.extend(w.waits_done.iter().map(|k| (3, k.as_str())));
+    keys.extend(w.tasks_new.iter().map(|t| (4, t.id.as_str())));
+    keys.extend(w.tasks_updated.iter().map(|t| (4, t.id.as_str())));
+    keys
+}
+
+/// The rows of one round, gathered per table so that each table gets one batched statement.
+#[derive(Default)]
+pub(crate) struct RoundRows<'a> {
+    pub new_cases: Vec<&'a CaseRecord>,
+    /// Case row and the `last_seq` it must replace.
+    pub updated_cases: Vec<(&'a CaseRecord, i64)>,
+    pub events: Vec<&'a EventRecord>,
+    pub effects_done: Vec<&'a str>,
+    pub timers_done: Vec<&'a str>,
+    pub waits_done: Vec<&'a str>,
+    pub effects_new: Vec<&'a EffectRecord>,
+    pub timers_new: Vec<&'a TimerRecord>,
+    pub waits_new: Vec<&'a WaitRecord>,
+    pub tasks_new: Vec<&'a TaskRecord>,
+    pub tasks_updated: Vec<&'a TaskUpdate>,
+}
+
+impl<'a> RoundRows<'a> {
+    pub(crate) fn gather(round: &'a [CaseWrite]) -> Self {
+        let mut r = RoundRows::default();
+        for w in round {
+            if let Some(c) = &w.case {
+                match w.expected_last_seq {
+                    None => r.new_cases.push(c),
+                    Some(n) => r.updated_cases.push((c, n)),
+                }
+            }
+            r.events.extend(w.events.iter());
+            r.effects_done
+                .extend(w.effects_done.iter().map(String::as_str));
+            r.timers_done
+                .extend(w.timers_done.iter().map(String::as_str));
+            r.waits_done.extend(w.waits_done.iter().map(String::as_str));
+            r.effects_new.extend(w.effects_new.iter());
+            r.timers_new.extend(w.timers_new.iter());
+            r.waits_new.extend(w.waits_new.iter());
+            r.tasks_new.extend(w.tasks_new.iter());
+            r.tasks_updated.extend(w.tasks_updated.iter());
+        }
+        r
+    }
+}
+
+/// Why applying a round failed.
+pub(crate) enum RoundError {
+    /// A write of the round conflicts (stale `last_seq`, duplicate key, missing task); which one
+    /// is found by replaying the batch write by write.
+    Conflict,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for RoundError {
+    /// Unique violations are conflicts (a duplicate case, event, effect, timer, wait or task
+    /// means two transitions raced); anything else is a database failure.
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => RoundError::Conflict,
+            _ => RoundError::Db(e),
+        }
+    }
+}

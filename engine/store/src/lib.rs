@@ -1,0 +1,265 @@
+//! Durable storage for Dossier: cases, their hash-chained histories, the effect outbox, timers,
+//! event waits, human tasks and the content-addressed definitions (workflows, rules, templates)
+//! that cases are pinned to.
+//!
+//! This crate knows nothing about workflows or the state machine: it stores records whose JSON
+//! payloads it never interprets. The runtime turns state-machine transitions into a [`CaseWrite`]
+//! and hands many of them at once to [`Store::commit`], which applies them in one transaction
+//! (group commit). A commit is all or nothing: either every event, outbox row, timer, wait and task
+//! of the batch is durable, or none is.
+//!
+//! Three implementations share one contract and one test suite: [`sqlite::SqliteStore`] (the
+//! embedded default: WAL, `synchronous=FULL`), [`postgres::PgStore`] and [`memory::MemoryStore`]
+//! (virtual-time runs and unit tests).
+//!
+//! Times are UTC milliseconds since the Unix epoch ([`Millis`]); JSON columns hold text.
+
+mod common;
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+/// UTC milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer changed the case first (its `last_seq` is not the one the write expected,
+    /// or the case already exists). Nothing of the batch was written.
+    #[error("case {case_id} was changed concurrently (expected last event {expected:?})")]
+    Conflict {
+        case_id: String,
+        expected: Option<i64>,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open the database at {location}: {message}")]
+    Open { location: String, message: String },
+}
+
+/// One case ("dossier"): the current summary row. The history is the truth; this row is a
+/// projection of it kept in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseRecord {
+    pub id: String,
+    pub workflow_id: String,
+    pub workflow_version: i64,
+    /// Content hash of the workflow file the case is pinned to.
+    pub workflow_hash: String,
+    pub business_key: Option<String>,
+    pub parent_id: Option<String>,
+    /// `running`, `waiting`, `completed`, `failed`, `cancelled`.
+    pub status: String,
+    pub current_step: Option<String>,
+    /// The case variables, JSON object text.
+    pub data: String,
+    /// Content hashes of every rule module, template and sub-workflow the case is pinned to,
+    /// JSON object text.
+    pub pins: String,
+    pub last_seq: i64,
+    pub last_hash: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One history event. `seq` starts at 1 per case and has no gaps; `hash` chains to `prev_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub case_id: String,
+    pub seq: i64,
+    pub at: Millis,
+    pub kind: String,
+    /// JSON object text.
+    pub payload: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// An external effect waiting in the outbox to be performed by a worker. Keyed by its
+/// idempotency key, which the connector passes on to the outside world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectRecord {
+    pub key: String,
+    pub case_id: String,
+    pub step: String,
+    pub connector: String,
+    pub operation: String,
+    /// JSON object text.
+    pub request: String,
+    pub attempt: i64,
+    pub timeout_ms: Option<i64>,
+    pub created_at: Millis,
+}
+
+/// A durable timer: a wait, a retry backoff, an event timeout, a task reminder...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerRecord {
+    pub id: String,
+    pub case_id: String,
+    pub fire_at: Millis,
+    /// Free text for operators ("wait", "retry", "event-timeout", "task-reminder", ...).
+    pub purpose: String,
+}
+
+/// A case waiting for a named event whose correlation keys match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitRecord {
+    pub id: String,
+    pub case_id: String,
+    pub event_name: String,
+    /// Canonical JSON object text of the correlation key values (sorted keys), compared as text.
+    pub correlation: String,
+    pub created_at: Millis,
+}
+
+/// A human task in a role's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub case_id: String,
+    pub workflow_id: String,
+    pub step: String,
+    pub role: String,
+    pub title: String,
+    /// JSON text: the form fields, outcomes, four-eyes flag, escalation target.
+    pub form: String,
+    /// `open`, `claimed`, `completed`, `cancelled`.
+    pub status: String,
+    pub assignee: Option<String>,
+    pub due_at: Option<Millis>,
+    pub created_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub completed_by: Option<String>,
+    pub outcome: Option<String>,
+    /// JSON text of the submitted form data.
+    pub data: Option<String>,
+}
+
+/// A change to an existing task, applied in the same transaction as the case's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskUpdate {
+    pub id: String,
+    pub status: String,
+    pub assignee: Option<String>,
+    pub role: Option<String>,
+    pub completed_at: Option<Millis>,
+    pub completed_by: Option<String>,
+    pub outcome: Option<String>,
+    pub data: Option<String>,
+}
+
+/// A content-addressed source file (workflow, rule module, template). Insert-or-ignore: a hash
+/// is written once and never changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionRecord {
+    pub hash: String,
+    /// `workflow`, `rule`, `template`.
+    pub kind: String,
+    /// Workflow id, rule module name or template path.
+    pub name: String,
+    pub version: Option<i64>,
+    pub source: String,
+    pub loaded_at: Millis,
+}
+
+/// Everything one case transition writes. Applied atomically with the rest of its batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseWrite {
+    /// The case row after the transition (inserted or updated).
+    pub case: Option<CaseRecord>,
+    /// `None`: the case is new and must not exist yet. `Some(n)`: the stored `last_seq` must be
+    /// `n`, else the batch fails with [`StoreError::Conflict`].
+    pub expected_last_seq: Option<i64>,
+    pub events: Vec<EventRecord>,
+    pub effects_new: Vec<EffectRecord>,
+    /// Idempotency keys of effects whose result is now in the history: removed from the outbox.
+    pub effects_done: Vec<String>,
+    pub timers_new: Vec<TimerRecord>,
+    /// Timer ids fired or cancelled: removed.
+    pub timers_done: Vec<String>,
+    pub waits_new: Vec<WaitRecord>,
+    /// Wait ids satisfied or timed out: removed.
+    pub waits_done: Vec<String>,
+    pub tasks_new: Vec<TaskRecord>,
+    pub tasks_updated: Vec<TaskUpdate>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseFilter {
+    pub workflow_id: Option<String>,
+    pub status: Option<String>,
+    pub business_key: Option<String>,
+    pub created_from: Option<Millis>,
+    pub created_to: Option<Millis>,
+    /// Keyset pagination: only cases whose id sorts after this one (ordered by id, byte order).
+    pub after_id: Option<String>,
+    /// Maximum number of rows; zero or negative means no limit.
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub role: Option<String>,
+    pub assignee: Option<String>,
+    pub status: Option<String>,
+    pub case_id: Option<String>,
+    /// Only tasks whose due date is before this instant (strictly; tasks without a due date
+    /// never match).
+    pub due_before: Option<Millis>,
+    /// Maximum number of rows; zero or negative means no limit. Results are ordered by
+    /// `created_at`, then id.
+    pub limit: i64,
+}
+
+/// The storage contract. Every method is safe to call concurrently; `commit` calls are
+/// serialised by the implementation.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Applies every write of the batch in one transaction (group commit), or none of them.
+    ///
+    /// The result is that of applying the writes one after the other, each as: case row
+    /// (insert if `expected_last_seq` is `None`, else compare-and-set on `last_seq`), events,
+    /// deletes (`effects_done`, `timers_done`, `waits_done`; deleting a missing key is not an
+    /// error), inserts (`effects_new`, `timers_new`, `waits_new`, `tasks_new`), task updates.
+    /// A write may therefore drop and re-create the same timer id, and a later write of the batch
+    /// may touch what an earlier one created. The batch fails with [`StoreError::Conflict`],
+    /// naming the first offending write's case, when a case row check fails, or an event,
+    /// effect, timer, wait or task key already exists, or a task to update does not exist.
+    async fn commit(&self, batch: &[CaseWrite]) -> Result<()>;
+
+    async fn case(&self, id: &str) -> Result<Option<CaseRecord>>;
+    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseRecord>>;
+    /// Number of cases per status.
+    async fn count_cases_by_status(&self) -> Result<Vec<(String, i64)>>;
+    /// The whole history of a case, ordered by `seq`.
+    async fn history(&self, case_id: &str) -> Result<Vec<EventRecord>>;
+
+    /// Timers due at or before `now`, earliest first (ties by id); `limit <= 0`: no limit.
+    async fn due_timers(&self, now: Millis, limit: i64) -> Result<Vec<TimerRecord>>;
+    async fn next_timer_at(&self) -> Result<Option<Millis>>;
+    /// Effects still in the outbox ordered by key, after the given key (keyset pagination: pass
+    /// the last key of the previous page). `limit <= 0`: no limit.
+    async fn pending_effects(
+        &self,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EffectRecord>>;
+    /// Waits for this event name whose correlation text equals `correlation`.
+    async fn waits_for(&self, event_name: &str, correlation: &str) -> Result<Vec<WaitRecord>>;
+    /// Every wait of one case.
+    async fn waits_of_case(&self, case_id: &str) -> Result<Vec<WaitRecord>>;
+
+    async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>>;
+
+    async fn put_definitions(&self, defs: &[DefinitionRecord]) -> Result<()>;
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionRecord>>;
+    /// Every stored definition of a kind (sources included), oldest first.
+    async fn definitions(&self, kind: &str) -> Result<Vec<DefinitionRecord>>;
+}

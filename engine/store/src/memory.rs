@@ -1,0 +1,359 @@
+//! The in-memory store, for unit tests and virtual-time runs. Same contract as the SQL stores,
+//! checked by the same test suite: a batch is applied write by write, and if any write conflicts
+//! every change of the batch is undone before the error is returned.
+//!
+//! Strings order by bytes (Rust's `Ord` for `String`), like SQLite's BINARY collation and the
+//! `COLLATE "C"` keys of the PostgreSQL schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::common::{conflict_of, take_limit};
+use crate::{
+    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
+    Store, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+};
+
+/// The in-memory implementation of [`Store`]. Nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cases: BTreeMap<String, CaseRecord>,
+    /// Keyed by (case id, seq): a case's history is one ordered range.
+    events: BTreeMap<(String, i64), EventRecord>,
+    effects: BTreeMap<String, EffectRecord>,
+    timers: BTreeMap<String, TimerRecord>,
+    /// (fire_at, id) of every timer, so that due timers are a range scan.
+    timers_by_time: BTreeSet<(Millis, String)>,
+    waits: BTreeMap<String, WaitRecord>,
+    tasks: BTreeMap<String, TaskRecord>,
+    definitions: BTreeMap<String, DefinitionRecord>,
+}
+
+/// What to restore to undo one change of a failed batch.
+enum Undo {
+    Case(String, Option<CaseRecord>),
+    Event((String, i64)),
+    Effect(String, Option<EffectRecord>),
+    Timer(String, Option<TimerRecord>),
+    Wait(String, Option<WaitRecord>),
+    Task(String, Option<TaskRecord>),
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state, even if a panicking thread poisoned the lock: every mutation is completed or
+    /// undone before the guard is released, so the data is consistent either way.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn put_timer(&mut self, t: TimerRecord) -> Option<TimerRecord> {
+        self.timers_by_time.insert((t.fire_at, t.id.clone()));
+        let old = self.timers.insert(t.id.clone(), t);
+        if let Some(o) = &old {
+            self.timers_by_time.remove(&(o.fire_at, o.id.clone()));
+        }
+        old
+    }
+
+    fn take_timer(&mut self, id: &str) -> Option<TimerRecord> {
+        let old = self.timers.remove(id);
+        if let Some(o) = &old {
+            self.timers_by_time.remove(&(o.fire_at, o.id.clone()));
+        }
+        old
+    }
+
+    /// Applies one write, logging how to undo each change. Order as in the SQL stores: case row,
+    /// events, deletes, inserts, task updates.
+    fn apply(&mut self, w: &CaseWrite, undo: &mut Vec<Undo>) -> std::result::Result<(), ()> {
+        if let Some(c) = &w.case {
+            let stored = self.cases.get(&c.id).map(|s| s.last_seq);
+            match (w.expected_last_seq, stored) {
+                (None, None) => {}
+                (Some(n), Some(s)) if n == s => {}
+                _ => return Err(()),
+            }
+            let old = self.cases.insert(c.id.clone(), c.clone());
+            undo.push(Undo::Case(c.id.clone(), old));
+        }
+        for e in &w.events {
+            let key = (e.case_id.clone(), e.seq);
+            if self.events.contains_key(&key) {
+                return Err(());
+            }
+            self.events.insert(key.clone(), e.clone());
+            undo.push(Undo::Event(key));
+        }
+        for k in &w.effects_done {
+            if let Some(old) = self.effects.remove(k) {
+                undo.push(Undo::Effect(k.clone(), Some(old)));
+            }
+        }
+        for k in &w.timers_done {
+            if let Some(old) = self.take_timer(k) {
+                undo.push(Undo::Timer(k.clone(), Some(old)));
+            }
+        }
+        for k in &w.waits_done {
+            if let Some(old) = self.waits.remove(k) {
+                undo.push(Undo::Wait(k.clone(), Some(old)));
+            }
+        }
+        for e in &w.effects_new {
+            if self.effects.contains_key(&e.key) {
+                return Err(());
+            }
+            self.effects.insert(e.key.clone(), e.clone());
+            undo.push(Undo::Effect(e.key.clone(), None));
+        }
+        for t in &w.timers_new {
+            if self.timers.contains_key(&t.id) {
+                return Err(());
+            }
+            self.put_timer(t.clone());
+            undo.push(Undo::Timer(t.id.clone(), None));
+        }
+        for v in &w.waits_new {
+            if self.waits.contains_key(&v.id) {
+                return Err(());
+            }
+            self.waits.insert(v.id.clone(), v.clone());
+            undo.push(Undo::Wait(v.id.clone(), None));
+        }
+        for t in &w.tasks_new {
+            if self.tasks.contains_key(&t.id) {
+                return Err(());
+            }
+            self.tasks.insert(t.id.clone(), t.clone());
+            undo.push(Undo::Task(t.id.clone(), None));
+        }
+        for u in &w.tasks_updated {
+            // Updating a task that does not exist is a conflict, as in the SQL stores.
+            let Some(task) = self.tasks.get_mut(&u.id) else {
+                return Err(());
+            };
+            let old = task.clone();
+            task.status = u.status.clone();
+            task.assignee = u.assignee.clone();
+            if let Some(role) = &u.role {
+                task.role = role.clone();
+            }
+            task.completed_at = u.completed_at;
+            task.completed_by = u.completed_by.clone();
+            task.outcome = u.outcome.clone();
+            task.data = u.data.clone();
+            undo.push(Undo::Task(u.id.clone(), Some(old)));
+        }
+        Ok(())
+    }
+
+    /// Reverts the logged changes, newest first.
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Case(id, old) => restore(&mut self.cases, id, old),
+                Undo::Event(key) => {
+                    self.events.remove(&key);
+                }
+                Undo::Effect(k, old) => restore(&mut self.effects, k, old),
+                Undo::Timer(k, old) => {
+                    self.take_timer(&k);
+                    if let Some(t) = old {
+                        self.put_timer(t);
+                    }
+                }
+                Undo::Wait(k, old) => restore(&mut self.waits, k, old),
+                Undo::Task(k, old) => restore(&mut self.tasks, k, old),
+            }
+        }
+    }
+}
+
+fn restore<V>(map: &mut BTreeMap<String, V>, key: String, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, batch: &[CaseWrite]) -> Result<()> {
+        let mut state = self.lock();
+        let mut undo = Vec::new();
+        for w in batch {
+            if state.apply(w, &mut undo).is_err() {
+                state.rollback(undo);
+                return Err(conflict_of(w));
+            }
+        }
+        Ok(())
+    }
+
+    async fn case(&self, id: &str) -> Result<Option<CaseRecord>> {
+        Ok(self.lock().cases.get(id).cloned())
+    }
+
+    async fn list_cases(&self, f: &CaseFilter) -> Result<Vec<CaseRecord>> {
+        let state = self.lock();
+        let range = match &f.after_id {
+            Some(after) => state
+                .cases
+                .range::<String, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>(),
+            None => state.cases.values().collect(),
+        };
+        Ok(range
+            .into_iter()
+            .filter(|c| f.workflow_id.as_ref().is_none_or(|v| &c.workflow_id == v))
+            .filter(|c| f.status.as_ref().is_none_or(|v| &c.status == v))
+            .filter(|c| f.business_key.is_none() || c.business_key == f.business_key)
+            .filter(|c| f.created_from.is_none_or(|v| c.created_at >= v))
+            .filter(|c| f.created_to.is_none_or(|v| c.created_at < v))
+            .take(take_limit(f.limit))
+            .cloned()
+            .collect())
+    }
+
+    async fn count_cases_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for c in self.lock().cases.values() {
+            *counts.entry(c.status.clone()).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    async fn history(&self, case_id: &str) -> Result<Vec<EventRecord>> {
+        let state = self.lock();
+        let from = (case_id.to_string(), i64::MIN);
+        Ok(state
+            .events
+            .range(from..)
+            .take_while(|((c, _), _)| c == case_id)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn due_timers(&self, now: Millis, limit: i64) -> Result<Vec<TimerRecord>> {
+        let state = self.lock();
+        Ok(state
+            .timers_by_time
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(take_limit(limit))
+            .filter_map(|(_, id)| state.timers.get(id).cloned())
+            .collect())
+    }
+
+    async fn next_timer_at(&self) -> Result<Option<Millis>> {
+        Ok(self.lock().timers_by_time.first().map(|(at, _)| *at))
+    }
+
+    async fn pending_effects(
+        &self,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EffectRecord>> {
+        let state = self.lock();
+        let iter: Box<dyn Iterator<Item = &EffectRecord>> = match after_key {
+            Some(after) => Box::new(
+                state
+                    .effects
+                    .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .map(|(_, e)| e),
+            ),
+            None => Box::new(state.effects.values()),
+        };
+        Ok(iter.take(take_limit(limit)).cloned().collect())
+    }
+
+    async fn waits_for(&self, event_name: &str, correlation: &str) -> Result<Vec<WaitRecord>> {
+        let mut out: Vec<WaitRecord> = self
+            .lock()
+            .waits
+            .values()
+            .filter(|w| w.event_name == event_name && w.correlation == correlation)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn waits_of_case(&self, case_id: &str) -> Result<Vec<WaitRecord>> {
+        let mut out: Vec<WaitRecord> = self
+            .lock()
+            .waits
+            .values()
+            .filter(|w| w.case_id == case_id)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let state = self.lock();
+        let mut out: Vec<&TaskRecord> = state
+            .tasks
+            .values()
+            .filter(|t| f.role.as_ref().is_none_or(|v| &t.role == v))
+            .filter(|t| f.assignee.is_none() || t.assignee == f.assignee)
+            .filter(|t| f.status.as_ref().is_none_or(|v| &t.status == v))
+            .filter(|t| f.case_id.as_ref().is_none_or(|v| &t.case_id == v))
+            // As in SQL, a task without a due date is never "due before" anything.
+            .filter(|t| f.due_before.is_none_or(|v| t.due_at.is_some_and(|d| d < v)))
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out.into_iter().take(take_limit(f.limit)).cloned().collect())
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        Ok(self.lock().tasks.get(id).cloned())
+    }
+
+    async fn put_definitions(&self, defs: &[DefinitionRecord]) -> Result<()> {
+        let mut state = self.lock();
+        for d in defs {
+            // Insert-or-ignore: the first write of a hash wins, as with ON CONFLICT DO NOTHING.
+            state
+                .definitions
+                .entry(d.hash.clone())
+                .or_insert_with(|| d.clone());
+        }
+        Ok(())
+    }
+
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionRecord>> {
+        Ok(self.lock().definitions.get(hash).cloned())
+    }
+
+    async fn definitions(&self, kind: &str) -> Result<Vec<DefinitionRecord>> {
+        let mut out: Vec<DefinitionRecord> = self
+            .lock()
+            .definitions
+            .values()
+            .filter(|d| d.kind == kind)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.loaded_at, &a.hash).cmp(&(b.loaded_at, &b.hash)));
+        Ok(out)
+    }
+}

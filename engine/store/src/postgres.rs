@@ -1,0 +1,620 @@
+//! The PostgreSQL store, for deployments that share one database between engine nodes.
+//!
+//! Batches are written with one statement per table whose rows arrive as arrays:
+//! `INSERT ... SELECT * FROM UNNEST($1::text[], $2::int8[], ...)`. Unlike a multi-row
+//! `VALUES` list, the SQL text does not depend on the row count, so each statement is prepared
+//! once per connection and reused, and there is no bind-parameter limit to chunk around. The
+//! optimistic case updates are one `UPDATE ... FROM UNNEST(...)` whose row count must match.
+//!
+//! Under READ COMMITTED an `UPDATE ... WHERE last_seq = $expected` that waited for a concurrent
+//! writer re-checks the condition against the committed row, so two nodes racing on one case
+//! cannot both succeed: the loser changes no row and reports a conflict.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::{ConnectOptions, QueryBuilder};
+use tokio::sync::Mutex;
+
+use crate::common::{
+    case_cols, case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from,
+    event_cols, event_from, rounds, sql_limit, task_cols, task_from, timer_cols, timer_from,
+    wait_cols, wait_from, CaseRow, DefinitionRow, EffectRow, EventRow, RoundError, RoundRows,
+    TaskRow, TimerRow, WaitRow,
+};
+use crate::{
+    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
+    Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Pool size: commits use one connection at a time, the rest serve reads.
+const MAX_CONNECTIONS: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: PgPool,
+    /// Serialises this process's commits, as the [`Store`] contract promises: concurrent batches
+    /// from one engine would only contend on row locks (or deadlock on overlapping cases).
+    /// Other processes are kept honest by the optimistic `last_seq` checks.
+    commit_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:5432/db`) and brings the schema up to date.
+    /// Migrations take PostgreSQL's advisory lock, so several nodes may start at once.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let open_error = |e: sqlx::Error| StoreError::Open {
+            location: redact(url),
+            message: e.to_string(),
+        };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(open_error)?
+            // Batch statements carry thousands of array elements: keep them out of DEBUG logs
+            // (still at TRACE; slow statements still warn).
+            .log_statements(log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool (the caller chose its size and options) after migrating.
+    pub async fn from_pool(pool: PgPool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            commit_lock: Mutex::new(()),
+        })
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL without its user information, so that a password never lands in an error message.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn commit(&self, batch: &[CaseWrite]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.commit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        for round in rounds(batch) {
+            match apply_round(&mut tx, &RoundRows::gather(round)).await {
+                Ok(()) => {}
+                Err(RoundError::Db(e)) => return Err(e.into()), // dropping `tx` rolls back
+                Err(RoundError::Conflict) => {
+                    // PostgreSQL aborts the transaction on error anyway; roll back and find out
+                    // which write it was.
+                    tx.rollback().await?;
+                    return Err(self.find_conflict(batch, round).await);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn case(&self, id: &str) -> Result<Option<CaseRecord>> {
+        let row: Option<CaseRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            case_cols!(),
+            " FROM cases WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(case_from))
+    }
+
+    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseRecord>> {
+        let mut qb = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            case_cols!(),
+            " FROM cases WHERE TRUE"
+        ));
+        if let Some(v) = &filter.workflow_id {
+            qb.push(" AND workflow_id = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.status {
+            qb.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.business_key {
+            qb.push(" AND business_key = ").push_bind(v.as_str());
+        }
+        if let Some(v) = filter.created_from {
+            qb.push(" AND created_at >= ").push_bind(v);
+        }
+        if let Some(v) = filter.created_to {
+            qb.push(" AND created_at < ").push_bind(v);
+        }
+        if let Some(v) = &filter.after_id {
+            qb.push(" AND id > ").push_bind(v.as_str());
+        }
+        // `id` is COLLATE "C" in the schema: byte order, as in SQLite and the memory store.
+        qb.push(" ORDER BY id LIMIT ")
+            .push_bind(sql_limit(filter.limit));
+        let rows: Vec<CaseRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(case_from).collect())
+    }
+
+    async fn count_cases_by_status(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM cases GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn history(&self, case_id: &str) -> Result<Vec<EventRecord>> {
+        let rows: Vec<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events WHERE case_id = $1 ORDER BY seq"
+        ))
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(event_from).collect())
+    }
+
+    async fn due_timers(&self, now: Millis, limit: i64) -> Result<Vec<TimerRecord>> {
+        let rows: Vec<TimerRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            timer_cols!(),
+            " FROM timers WHERE fire_at <= $1 ORDER BY fire_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(timer_from).collect())
+    }
+
+    async fn next_timer_at(&self) -> Result<Option<Millis>> {
+        let (at,): (Option<i64>,) = sqlx::query_as("SELECT MIN(fire_at) FROM timers")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(at)
+    }
+
+    async fn pending_effects(
+        &self,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EffectRecord>> {
+        // Two statements rather than `$1 IS NULL OR key > $1`, which a generic plan cannot turn
+        // into an index seek: every page would rescan the outbox from its first key.
+        let query = match after_key {
+            Some(after) => sqlx::query_as(concat!(
+                "SELECT ",
+                effect_cols!(),
+                " FROM effects WHERE key > $1 ORDER BY key LIMIT $2"
+            ))
+            .bind(after),
+            None => sqlx::query_as(concat!(
+                "SELECT ",
+                effect_cols!(),
+                " FROM effects ORDER BY key LIMIT $1"
+            )),
+        };
+        let rows: Vec<EffectRow> = query.bind(sql_limit(limit)).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(effect_from).collect())
+    }
+
+    async fn waits_for(&self, event_name: &str, correlation: &str) -> Result<Vec<WaitRecord>> {
+        let rows: Vec<WaitRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            wait_cols!(),
+            " FROM waits WHERE event_name = $1 AND correlation = $2 \
+             ORDER BY created_at, id"
+        ))
+        .bind(event_name)
+        .bind(correlation)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(wait_from).collect())
+    }
+
+    async fn waits_of_case(&self, case_id: &str) -> Result<Vec<WaitRecord>> {
+        let rows: Vec<WaitRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            wait_cols!(),
+            " FROM waits WHERE case_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(wait_from).collect())
+    }
+
+    async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let mut qb = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            task_cols!(),
+            " FROM tasks WHERE TRUE"
+        ));
+        if let Some(v) = &filter.role {
+            qb.push(" AND role = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.assignee {
+            qb.push(" AND assignee = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.status {
+            qb.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.case_id {
+            qb.push(" AND case_id = ").push_bind(v.as_str());
+        }
+        if let Some(v) = filter.due_before {
+            qb.push(" AND due_at < ").push_bind(v);
+        }
+        qb.push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(sql_limit(filter.limit));
+        let rows: Vec<TaskRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(task_from).collect())
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_cols!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(task_from))
+    }
+
+    async fn put_definitions(&self, defs: &[DefinitionRecord]) -> Result<()> {
+        if defs.is_empty() {
+            return Ok(());
+        }
+        // A hash names its content: an existing row is the same definition.
+        sqlx::query(concat!(
+            "INSERT INTO definitions (",
+            definition_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+             $6::int8[]) ON CONFLICT (hash) DO NOTHING"
+        ))
+        .bind(col(defs, |d| d.hash.as_str()))
+        .bind(col(defs, |d| d.kind.as_str()))
+        .bind(col(defs, |d| d.name.as_str()))
+        .bind(col(defs, |d| d.version))
+        .bind(col(defs, |d| d.source.as_str()))
+        .bind(col(defs, |d| d.loaded_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionRecord>> {
+        let row: Option<DefinitionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            definition_cols!(),
+            " FROM definitions WHERE hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(definition_from))
+    }
+
+    async fn definitions(&self, kind: &str) -> Result<Vec<DefinitionRecord>> {
+        let rows: Vec<DefinitionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            definition_cols!(),
+            " FROM definitions WHERE kind = $1 ORDER BY loaded_at, hash"
+        ))
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(definition_from).collect())
+    }
+}
+
+impl PgStore {
+    /// Names the write that made the batch fail: replays the batch one write at a time in a
+    /// transaction that is always rolled back. Another node may have committed in between; if
+    /// the replay no longer fails, the first write of the failed round is blamed.
+    async fn find_conflict(&self, batch: &[CaseWrite], failed_round: &[CaseWrite]) -> StoreError {
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return e.into(),
+        };
+        let mut culprit = None;
+        for w in batch {
+            match apply_round(&mut tx, &RoundRows::gather(std::slice::from_ref(w))).await {
+                Ok(()) => {}
+                Err(RoundError::Conflict) => {
+                    culprit = Some(w);
+                    break;
+                }
+                Err(RoundError::Db(e)) => return e.into(),
+            }
+        }
+        if let Err(e) = tx.rollback().await {
+            return e.into();
+        }
+        match culprit.or(failed_round.first()) {
+            Some(w) => conflict_of(w),
+            None => StoreError::Conflict {
+                case_id: String::new(),
+                expected: None,
+            },
+        }
+    }
+}
+
+/// One column of a batch, as the array bound to an `UNNEST` argument.
+fn col<'a, T: 'a, R: std::borrow::Borrow<T> + 'a, V>(
+    rows: &'a [R],
+    f: impl Fn(&'a T) -> V,
+) -> Vec<V> {
+    rows.iter().map(|r| f(r.borrow())).collect()
+}
+
+/// Applies one round (writes touching disjoint keys) with one statement per table. Order: case
+/// rows, events, deletes, then inserts (a write may drop and re-create the same timer id), then
+/// task updates (a task created by the round may be updated by it).
+async fn apply_round(
+    conn: &mut PgConnection,
+    rows: &RoundRows<'_>,
+) -> std::result::Result<(), RoundError> {
+    let cases = &rows.new_cases;
+    if !cases.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO cases (",
+            case_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], \
+             $12::text[], $13::int8[], $14::int8[])"
+        ))
+        .bind(col(cases, |c: &CaseRecord| c.id.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.workflow_id.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.workflow_version))
+        .bind(col(cases, |c: &CaseRecord| c.workflow_hash.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.business_key.as_deref()))
+        .bind(col(cases, |c: &CaseRecord| c.parent_id.as_deref()))
+        .bind(col(cases, |c: &CaseRecord| c.status.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.current_step.as_deref()))
+        .bind(col(cases, |c: &CaseRecord| c.data.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.pins.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.last_seq))
+        .bind(col(cases, |c: &CaseRecord| c.last_hash.as_str()))
+        .bind(col(cases, |c: &CaseRecord| c.created_at))
+        .bind(col(cases, |c: &CaseRecord| c.updated_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let updates = &rows.updated_cases;
+    if !updates.is_empty() {
+        // Case ids are unique within a round, so every update must change exactly one row; a
+        // shortfall is a stale `last_seq` (or a missing case): a conflict.
+        let changed = sqlx::query(
+            "UPDATE cases AS c SET workflow_id = v.workflow_id, \
+             workflow_version = v.workflow_version, workflow_hash = v.workflow_hash, \
+             business_key = v.business_key, parent_id = v.parent_id, status = v.status, \
+             current_step = v.current_step, data = v.data, pins = v.pins, \
+             last_seq = v.last_seq, last_hash = v.last_hash, created_at = v.created_at, \
+             updated_at = v.updated_at \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::int8[], $13::text[], $14::int8[], $15::int8[]) \
+             AS v (expected, id, workflow_id, workflow_version, workflow_hash, business_key, \
+             parent_id, status, current_step, data, pins, last_seq, last_hash, created_at, \
+             updated_at) \
+             WHERE c.id = v.id AND c.last_seq = v.expected",
+        )
+        .bind(updates.iter().map(|(_, n)| *n).collect::<Vec<i64>>())
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.id.as_str()))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.workflow_id.as_str()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.workflow_version))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.workflow_hash.as_str()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.business_key.as_deref()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.parent_id.as_deref()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.status.as_str()))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.current_step.as_deref()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.data.as_str()))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.pins.as_str()))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.last_seq))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| {
+            u.0.last_hash.as_str()
+        }))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.created_at))
+        .bind(col(updates, |u: &(&CaseRecord, i64)| u.0.updated_at))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed != updates.len() as u64 {
+            return Err(RoundError::Conflict);
+        }
+    }
+
+    let events = &rows.events;
+    if !events.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO events (",
+            event_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
+             $6::text[], $7::text[])"
+        ))
+        .bind(col(events, |e: &EventRecord| e.case_id.as_str()))
+        .bind(col(events, |e: &EventRecord| e.seq))
+        .bind(col(events, |e: &EventRecord| e.at))
+        .bind(col(events, |e: &EventRecord| e.kind.as_str()))
+        .bind(col(events, |e: &EventRecord| e.payload.as_str()))
+        .bind(col(events, |e: &EventRecord| e.prev_hash.as_str()))
+        .bind(col(events, |e: &EventRecord| e.hash.as_str()))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // Deletes are idempotent: a key already gone (a timer dropped earlier) is not an error.
+    for (sql, keys) in [
+        (
+            "DELETE FROM effects WHERE key = ANY($1)",
+            &rows.effects_done,
+        ),
+        ("DELETE FROM timers WHERE id = ANY($1)", &rows.timers_done),
+        ("DELETE FROM waits WHERE id = ANY($1)", &rows.waits_done),
+    ] {
+        if !keys.is_empty() {
+            sqlx::query(sql)
+                .bind(keys.as_slice())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+
+    let effects = &rows.effects_new;
+    if !effects.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO effects (",
+            effect_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::int8[], $8::int8[], $9::int8[])"
+        ))
+        .bind(col(effects, |e: &EffectRecord| e.key.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.case_id.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.step.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.connector.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.operation.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.request.as_str()))
+        .bind(col(effects, |e: &EffectRecord| e.attempt))
+        .bind(col(effects, |e: &EffectRecord| e.timeout_ms))
+        .bind(col(effects, |e: &EffectRecord| e.created_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let timers = &rows.timers_new;
+    if !timers.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO timers (",
+            timer_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[])"
+        ))
+        .bind(col(timers, |t: &TimerRecord| t.id.as_str()))
+        .bind(col(timers, |t: &TimerRecord| t.case_id.as_str()))
+        .bind(col(timers, |t: &TimerRecord| t.fire_at))
+        .bind(col(timers, |t: &TimerRecord| t.purpose.as_str()))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let waits = &rows.waits_new;
+    if !waits.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO waits (",
+            wait_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])"
+        ))
+        .bind(col(waits, |w: &WaitRecord| w.id.as_str()))
+        .bind(col(waits, |w: &WaitRecord| w.case_id.as_str()))
+        .bind(col(waits, |w: &WaitRecord| w.event_name.as_str()))
+        .bind(col(waits, |w: &WaitRecord| w.correlation.as_str()))
+        .bind(col(waits, |w: &WaitRecord| w.created_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let tasks = &rows.tasks_new;
+    if !tasks.is_empty() {
+        sqlx::query(concat!(
+            "INSERT INTO tasks (",
+            task_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::text[], $14::text[], $15::text[])"
+        ))
+        .bind(col(tasks, |t: &TaskRecord| t.id.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.case_id.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.workflow_id.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.step.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.role.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.title.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.form.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.status.as_str()))
+        .bind(col(tasks, |t: &TaskRecord| t.assignee.as_deref()))
+        .bind(col(tasks, |t: &TaskRecord| t.due_at))
+        .bind(col(tasks, |t: &TaskRecord| t.created_at))
+        .bind(col(tasks, |t: &TaskRecord| t.completed_at))
+        .bind(col(tasks, |t: &TaskRecord| t.completed_by.as_deref()))
+        .bind(col(tasks, |t: &TaskRecord| t.outcome.as_deref()))
+        .bind(col(tasks, |t: &TaskRecord| t.data.as_deref()))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let updates = &rows.tasks_updated;
+    if !updates.is_empty() {
+        // A NULL role keeps the role (only escalation replaces it). Updating a task that does
+        // not exist is a conflict: the transition was computed from a state we do not hold.
+        let changed = sqlx::query(
+            "UPDATE tasks AS t SET status = v.status, assignee = v.assignee, \
+             role = COALESCE(v.role, t.role), completed_at = v.completed_at, \
+             completed_by = v.completed_by, outcome = v.outcome, data = v.data \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+             $6::text[], $7::text[], $8::text[]) \
+             AS v (id, status, assignee, role, completed_at, completed_by, outcome, data) \
+             WHERE t.id = v.id",
+        )
+        .bind(col(updates, |t: &crate::TaskUpdate| t.id.as_str()))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.status.as_str()))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.assignee.as_deref()))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.role.as_deref()))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.completed_at))
+        .bind(col(updates, |t: &crate::TaskUpdate| {
+            t.completed_by.as_deref()
+        }))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.outcome.as_deref()))
+        .bind(col(updates, |t: &crate::TaskUpdate| t.data.as_deref()))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed != updates.len() as u64 {
+            return Err(RoundError::Conflict);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1135 @@
+//! The storage contract, run against every backend: SQLite on a temporary file, PostgreSQL on a
+//! fresh database per test, and the in-memory store.
+//!
+//! PostgreSQL: the tests connect to `DOSSIER_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), create `dossier_test_<unique>`, run, and drop
+//! it. An unreachable server FAILS the PostgreSQL tests: CI provides one, and a silent skip would
+//! hide a broken backend.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dossier_store::memory::MemoryStore;
+use dossier_store::postgres::PgStore;
+use dossier_store::sqlite::SqliteStore;
+use dossier_store::{
+    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Store,
+    StoreError, TaskFilter, TaskRecord, TaskUpdate, TimerRecord, WaitRecord,
+};
+use sqlx::Connection;
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+tokio::task_local! {
+    /// The backend under test, for printed output.
+    static BACKEND: &'static str;
+}
+
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("dossier.db"))
+        .await
+        .expect("open sqlite");
+    BACKEND.scope("sqlite", test(Arc::new(store))).await;
+}
+
+async fn with_memory<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    BACKEND
+        .scope("memory", test(Arc::new(MemoryStore::new())))
+        .await;
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("DOSSIER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// `url` with its database name replaced (the query string, if any, kept).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{host}/{db}{query}")
+}
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let admin_url = pg_admin_url();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "dossier_test_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for these tests ({admin_url}, set DOSSIER_TEST_PG_URL): {e}")
+        });
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+
+    let store = PgStore::connect(&with_database(&admin_url, &name))
+        .await
+        .expect("connect to the test database");
+    let store = Arc::new(store);
+    // Run the test in its own task so that a failing assertion still lets us drop the database.
+    let outcome = tokio::spawn(BACKEND.scope("postgres", test(store.clone()))).await;
+    store.close().await;
+    drop(store);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each contract test.
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_sqlite(super::$name).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_postgres(super::$name).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_memory(super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    new_case_round_trip,
+    batch_is_atomic,
+    duplicate_new_case_conflicts,
+    stale_last_seq_conflicts,
+    duplicate_event_seq_conflicts,
+    duplicate_side_rows_conflict,
+    same_case_twice_in_one_batch,
+    history_is_ordered_by_seq,
+    list_cases_filters_and_pagination,
+    count_by_status,
+    timers_due_and_removed,
+    effects_pagination_and_removal,
+    waits_lookup_and_removal,
+    task_updates_and_filters,
+    definitions_are_insert_or_ignore,
+    concurrent_commits_of_disjoint_cases,
+    throughput,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Record builders
+
+fn case(id: &str, seq: i64) -> CaseRecord {
+    CaseRecord {
+        id: id.to_string(),
+        workflow_id: "loan".to_string(),
+        workflow_version: 1,
+        workflow_hash: "wfhash".to_string(),
+        business_key: Some(format!("bk-{id}")),
+        parent_id: None,
+        status: "running".to_string(),
+        current_step: Some("review".to_string()),
+        data: format!(r#"{{"amount":{seq}}}"#),
+        pins: "{}".to_string(),
+        last_seq: seq,
+        last_hash: format!("h{seq}"),
+        created_at: 1_000,
+        updated_at: 1_000 + seq,
+    }
+}
+
+fn event(case_id: &str, seq: i64) -> EventRecord {
+    EventRecord {
+        case_id: case_id.to_string(),
+        seq,
+        at: 1_000 + seq,
+        kind: "step_completed".to_string(),
+        payload: format!(r#"{{"seq":{seq},"note":"quote \" and unicode é"}}"#),
+        prev_hash: format!("h{}", seq - 1),
+        hash: format!("h{seq}"),
+    }
+}
+
+fn effect(key: &str, case_id: &str) -> EffectRecord {
+    EffectRecord {
+        key: key.to_string(),
+        case_id: case_id.to_string(),
+        step: "notify".to_string(),
+        connector: "http".to_string(),
+        operation: "post".to_string(),
+        request: r#"{"url":"https://example.test"}"#.to_string(),
+        attempt: 1,
+        timeout_ms: Some(5_000),
+        created_at: 1_000,
+    }
+}
+
+fn timer(id: &str, case_id: &str, fire_at: i64) -> TimerRecord {
+    TimerRecord {
+        id: id.to_string(),
+        case_id: case_id.to_string(),
+        fire_at,
+        purpose: "wait".to_string(),
+    }
+}
+
+fn wait(id: &str, case_id: &str, event_name: &str, correlation: &str) -> WaitRecord {
+    WaitRecord {
+        id: id.to_string(),
+        case_id: case_id.to_string(),
+        event_name: event_name.to_string(),
+        correlation: correlation.to_string(),
+        created_at: 1_000,
+    }
+}
+
+fn task(id: &str, case_id: &str, role: &str, due_at: Option<i64>) -> TaskRecord {
+    TaskRecord {
+        id: id.to_string(),
+        case_id: case_id.to_string(),
+        workflow_id: "loan".to_string(),
+        step: "review".to_string(),
+        role: role.to_string(),
+        title: format!("Review {case_id}"),
+        form: r#"{"fields":[]}"#.to_string(),
+        status: "open".to_string(),
+        assignee: None,
+        due_at,
+        created_at: 1_000,
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    }
+}
+
+/// A new case with events 1..=`events`.
+fn create(id: &str, events: i64) -> CaseWrite {
+    CaseWrite {
+        case: Some(case(id, events)),
+        expected_last_seq: None,
+        events: (1..=events).map(|s| event(id, s)).collect(),
+        ..Default::default()
+    }
+}
+
+/// A transition of an existing case from `from` to `to`, with events from+1..=to.
+fn advance(id: &str, from: i64, to: i64) -> CaseWrite {
+    CaseWrite {
+        case: Some(case(id, to)),
+        expected_last_seq: Some(from),
+        events: (from + 1..=to).map(|s| event(id, s)).collect(),
+        ..Default::default()
+    }
+}
+
+fn assert_conflict(result: Result<(), StoreError>, case_id: &str, expected: Option<i64>) {
+    match result {
+        Err(StoreError::Conflict {
+            case_id: c,
+            expected: e,
+        }) => {
+            assert_eq!(c, case_id, "conflict blamed the wrong case");
+            assert_eq!(e, expected, "conflict reported the wrong expectation");
+        }
+        other => panic!("expected a conflict on {case_id}, got {other:?}"),
+    }
+}
+
+fn all_cases() -> CaseFilter {
+    CaseFilter::default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+async fn new_case_round_trip(s: Arc<dyn Store>) {
+    let mut w = create("c1", 2);
+    w.effects_new.push(effect("c1/e1", "c1"));
+    w.timers_new.push(timer("c1/t1", "c1", 5_000));
+    w.waits_new
+        .push(wait("c1/w1", "c1", "signed", r#"{"id":"1"}"#));
+    w.tasks_new.push(task("c1/k1", "c1", "clerk", Some(9_000)));
+    s.commit(&[w.clone()]).await.unwrap();
+
+    assert_eq!(s.case("c1").await.unwrap(), w.case);
+    assert_eq!(s.case("nope").await.unwrap(), None);
+    assert_eq!(s.history("c1").await.unwrap(), w.events);
+    assert_eq!(s.pending_effects(None, 10).await.unwrap(), w.effects_new);
+    assert_eq!(s.due_timers(5_000, 10).await.unwrap(), w.timers_new);
+    assert_eq!(s.waits_of_case("c1").await.unwrap(), w.waits_new);
+    assert_eq!(s.task("c1/k1").await.unwrap(), Some(w.tasks_new[0].clone()));
+    assert_eq!(s.task("nope").await.unwrap(), None);
+
+    // A case with NULLs everywhere they are allowed round-trips too.
+    let mut bare = create("c2", 1);
+    if let Some(c) = bare.case.as_mut() {
+        c.business_key = None;
+        c.current_step = None;
+    }
+    let mut e = effect("c2/e1", "c2");
+    e.timeout_ms = None;
+    bare.effects_new.push(e);
+    s.commit(&[bare.clone()]).await.unwrap();
+    assert_eq!(s.case("c2").await.unwrap(), bare.case);
+    assert_eq!(
+        s.pending_effects(Some("c1/e1"), 10).await.unwrap(),
+        bare.effects_new
+    );
+
+    // An empty batch is a no-op.
+    s.commit(&[]).await.unwrap();
+}
+
+async fn batch_is_atomic(s: Arc<dyn Store>) {
+    s.commit(&[create("a", 1)]).await.unwrap();
+
+    // A good new case, then a stale update of `a`, then another good one: nothing lands.
+    let mut good = create("b", 2);
+    good.effects_new.push(effect("b/e1", "b"));
+    good.timers_new.push(timer("b/t1", "b", 10));
+    good.waits_new.push(wait("b/w1", "b", "ev", "{}"));
+    good.tasks_new.push(task("b/k1", "b", "clerk", None));
+    let stale = advance("a", 0, 1);
+    let result = s.commit(&[good.clone(), stale, create("c", 1)]).await;
+    assert_conflict(result, "a", Some(0));
+
+    assert_eq!(s.case("b").await.unwrap(), None);
+    assert_eq!(s.case("c").await.unwrap(), None);
+    assert!(s.history("b").await.unwrap().is_empty());
+    assert!(s.pending_effects(None, 0).await.unwrap().is_empty());
+    assert!(s.due_timers(i64::MAX, 0).await.unwrap().is_empty());
+    assert!(s.waits_of_case("b").await.unwrap().is_empty());
+    assert_eq!(s.task("b/k1").await.unwrap(), None);
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 1)));
+    assert_eq!(s.history("a").await.unwrap(), vec![event("a", 1)]);
+
+    // A conflict in the last round also undoes earlier rounds and side-row deletes.
+    let mut with_effect = advance("a", 1, 2);
+    with_effect.effects_new.push(effect("a/e1", "a"));
+    s.commit(&[with_effect]).await.unwrap();
+    let mut settle = advance("a", 2, 3);
+    settle.effects_done.push("a/e1".to_string());
+    let result = s
+        .commit(&[settle, create("d", 1), advance("a", 2, 3)])
+        .await;
+    assert_conflict(result, "a", Some(2));
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 2)));
+    assert_eq!(
+        s.pending_effects(None, 0).await.unwrap(),
+        vec![effect("a/e1", "a")]
+    );
+    assert_eq!(s.case("d").await.unwrap(), None);
+
+    // The same batch minus the culprit goes through.
+    s.commit(&[create("b", 2), create("c", 1)]).await.unwrap();
+    assert_eq!(s.list_cases(&all_cases()).await.unwrap().len(), 3);
+}
+
+async fn duplicate_new_case_conflicts(s: Arc<dyn Store>) {
+    s.commit(&[create("x", 1)]).await.unwrap();
+    let result = s.commit(&[create("y", 1), create("x", 1)]).await;
+    assert_conflict(result, "x", None);
+    assert_eq!(s.case("y").await.unwrap(), None);
+    assert_eq!(s.history("x").await.unwrap(), vec![event("x", 1)]);
+
+    // Twice in the same batch.
+    let result = s.commit(&[create("z", 1), create("z", 1)]).await;
+    assert_conflict(result, "z", None);
+    assert_eq!(s.case("z").await.unwrap(), None);
+}
+
+async fn stale_last_seq_conflicts(s: Arc<dyn Store>) {
+    s.commit(&[create("a", 2)]).await.unwrap();
+    assert_conflict(s.commit(&[advance("a", 1, 3)]).await, "a", Some(1));
+    assert_conflict(s.commit(&[advance("a", 3, 4)]).await, "a", Some(3));
+    // Updating a case that does not exist is a conflict too.
+    assert_conflict(s.commit(&[advance("ghost", 0, 1)]).await, "ghost", Some(0));
+    assert_eq!(s.case("ghost").await.unwrap(), None);
+
+    s.commit(&[advance("a", 2, 4)]).await.unwrap();
+    let stored = s.case("a").await.unwrap().unwrap();
+    assert_eq!(stored.last_seq, 4);
+    assert_eq!(stored, case("a", 4));
+    assert_eq!(s.history("a").await.unwrap().len(), 4);
+}
+
+async fn duplicate_event_seq_conflicts(s: Arc<dyn Store>) {
+    s.commit(&[create("a", 2), create("b", 1)]).await.unwrap();
+    // The case row check passes (expected 2) but the events restart at seq 2.
+    let mut bad = advance("a", 2, 3);
+    bad.events.insert(0, event("a", 2));
+    let result = s.commit(&[advance("b", 1, 2), bad]).await;
+    assert_conflict(result, "a", Some(2));
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 2)));
+    assert_eq!(s.case("b").await.unwrap(), Some(case("b", 1)));
+    assert_eq!(s.history("b").await.unwrap().len(), 1);
+}
+
+async fn duplicate_side_rows_conflict(s: Arc<dyn Store>) {
+    let mut w = create("a", 1);
+    w.effects_new.push(effect("k", "a"));
+    w.timers_new.push(timer("t", "a", 10));
+    w.waits_new.push(wait("w", "a", "ev", "{}"));
+    w.tasks_new.push(task("task", "a", "clerk", None));
+    s.commit(&[w]).await.unwrap();
+
+    let mut seq = 1;
+    for make in [
+        (|w: &mut CaseWrite| w.effects_new.push(effect("k", "a"))) as fn(&mut CaseWrite),
+        |w| w.timers_new.push(timer("t", "a", 20)),
+        |w| w.waits_new.push(wait("w", "a", "ev", "{}")),
+        |w| w.tasks_new.push(task("task", "a", "clerk", None)),
+    ] {
+        let mut dup = advance("a", seq, seq + 1);
+        make(&mut dup);
+        assert_conflict(s.commit(&[create("other", 1), dup]).await, "a", Some(seq));
+        assert_eq!(s.case("other").await.unwrap(), None);
+        // The state is untouched: the clean transition still applies.
+        s.commit(&[advance("a", seq, seq + 1)]).await.unwrap();
+        seq += 1;
+    }
+    assert_eq!(s.pending_effects(None, 0).await.unwrap().len(), 1);
+    assert_eq!(s.due_timers(i64::MAX, 0).await.unwrap()[0].fire_at, 10);
+
+    // Updating a task that does not exist conflicts.
+    let mut missing = advance("a", seq, seq + 1);
+    missing.tasks_updated.push(TaskUpdate {
+        id: "no-such-task".to_string(),
+        status: "completed".to_string(),
+        assignee: None,
+        role: None,
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    });
+    assert_conflict(s.commit(&[missing]).await, "a", Some(seq));
+    assert_eq!(s.case("a").await.unwrap().unwrap().last_seq, seq);
+}
+
+async fn same_case_twice_in_one_batch(s: Arc<dyn Store>) {
+    s.commit(&[create("a", 1), create("b", 1)]).await.unwrap();
+    // a: 1 -> 2 (creates an effect and a timer), b: 1 -> 2, a: 2 -> 3 (settles the effect,
+    // reschedules the timer under the same id), a: 3 -> 4 (re-creates the effect key: a retry).
+    let mut a2 = advance("a", 1, 2);
+    a2.effects_new.push(effect("a/e", "a"));
+    a2.timers_new.push(timer("a/t", "a", 100));
+    a2.tasks_new.push(task("a/k", "a", "clerk", None));
+    let mut a3 = advance("a", 2, 3);
+    a3.effects_done.push("a/e".to_string());
+    a3.timers_done.push("a/t".to_string());
+    a3.timers_new.push(timer("a/t", "a", 200));
+    a3.tasks_updated.push(TaskUpdate {
+        id: "a/k".to_string(),
+        status: "claimed".to_string(),
+        assignee: Some("ann".to_string()),
+        role: None,
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    });
+    let mut a4 = advance("a", 3, 4);
+    let mut retry = effect("a/e", "a");
+    retry.attempt = 2;
+    a4.effects_new.push(retry.clone());
+    s.commit(&[a2, advance("b", 1, 2), a3, a4]).await.unwrap();
+
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 4)));
+    assert_eq!(s.case("b").await.unwrap(), Some(case("b", 2)));
+    assert_eq!(s.history("a").await.unwrap().len(), 4);
+    assert_eq!(s.pending_effects(None, 0).await.unwrap(), vec![retry]);
+    assert_eq!(
+        s.due_timers(i64::MAX, 0).await.unwrap(),
+        vec![timer("a/t", "a", 200)]
+    );
+    let k = s.task("a/k").await.unwrap().unwrap();
+    assert_eq!(
+        (k.status.as_str(), k.assignee.as_deref()),
+        ("claimed", Some("ann"))
+    );
+
+    // The second transition of the batch is stale: the first one is undone as well.
+    let result = s.commit(&[advance("a", 4, 5), advance("a", 4, 5)]).await;
+    assert_conflict(result, "a", Some(4));
+    assert_eq!(s.case("a").await.unwrap().unwrap().last_seq, 4);
+    assert_eq!(s.history("a").await.unwrap().len(), 4);
+}
+
+async fn history_is_ordered_by_seq(s: Arc<dyn Store>) {
+    let mut w = create("a", 5);
+    w.events.reverse();
+    s.commit(&[w]).await.unwrap();
+    s.commit(&[create("b", 2)]).await.unwrap();
+    let seqs: Vec<i64> = s
+        .history("a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.history("b").await.unwrap().len(), 2);
+    assert!(s.history("none").await.unwrap().is_empty());
+}
+
+async fn list_cases_filters_and_pagination(s: Arc<dyn Store>) {
+    let mut batch = Vec::new();
+    for i in 0..25 {
+        let id = format!("case-{i:02}");
+        let mut w = create(&id, 1);
+        if let Some(c) = w.case.as_mut() {
+            c.workflow_id = if i % 2 == 0 { "loan" } else { "claim" }.to_string();
+            c.status = if i % 5 == 0 { "completed" } else { "running" }.to_string();
+            c.created_at = 1_000 + i;
+        }
+        batch.push(w);
+    }
+    s.commit(&batch).await.unwrap();
+
+    let all = s.list_cases(&all_cases()).await.unwrap();
+    assert_eq!(all.len(), 25, "limit 0 means no limit");
+    let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "ordered by id");
+
+    // Keyset pagination, 10 at a time.
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list_cases(&CaseFilter {
+                after_id: after.clone(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|c| c.id.clone());
+        pages.push(page.len());
+    }
+    assert_eq!(pages, vec![10, 10, 5]);
+
+    let loans = s
+        .list_cases(&CaseFilter {
+            workflow_id: Some("loan".to_string()),
+            status: Some("running".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Even i in 0..25 not divisible by 5: 13 evens minus 0, 10, 20.
+    assert_eq!(loans.len(), 10);
+    assert!(loans
+        .iter()
+        .all(|c| c.workflow_id == "loan" && c.status == "running"));
+
+    let by_key = s
+        .list_cases(&CaseFilter {
+            business_key: Some("bk-case-07".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 1);
+    assert_eq!(by_key[0].id, "case-07");
+
+    let window = s
+        .list_cases(&CaseFilter {
+            created_from: Some(1_005),
+            created_to: Some(1_010),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = window.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["case-05", "case-06", "case-07", "case-08", "case-09"]
+    );
+
+    let page = s
+        .list_cases(&CaseFilter {
+            workflow_id: Some("claim".to_string()),
+            after_id: Some("case-10".to_string()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec!["case-11", "case-13"]);
+}
+
+async fn count_by_status(s: Arc<dyn Store>) {
+    assert!(s.count_cases_by_status().await.unwrap().is_empty());
+    let mut batch = Vec::new();
+    for (i, status) in ["running", "waiting", "running", "failed", "running"]
+        .iter()
+        .enumerate()
+    {
+        let mut w = create(&format!("c{i}"), 1);
+        if let Some(c) = w.case.as_mut() {
+            c.status = status.to_string();
+        }
+        batch.push(w);
+    }
+    s.commit(&batch).await.unwrap();
+    let mut next = advance("c1", 1, 2);
+    if let Some(c) = next.case.as_mut() {
+        c.status = "completed".to_string();
+    }
+    s.commit(&[next]).await.unwrap();
+    assert_eq!(
+        s.count_cases_by_status().await.unwrap(),
+        vec![
+            ("completed".to_string(), 1),
+            ("failed".to_string(), 1),
+            ("running".to_string(), 3),
+        ]
+    );
+}
+
+async fn timers_due_and_removed(s: Arc<dyn Store>) {
+    assert_eq!(s.next_timer_at().await.unwrap(), None);
+    let mut w = create("a", 1);
+    w.timers_new = vec![
+        timer("t3", "a", 300),
+        timer("t1", "a", 100),
+        timer("t2b", "a", 200),
+        timer("t2a", "a", 200),
+    ];
+    s.commit(&[w]).await.unwrap();
+
+    assert_eq!(s.next_timer_at().await.unwrap(), Some(100));
+    let ids = |v: Vec<TimerRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_timers(99, 10).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(ids(s.due_timers(100, 10).await.unwrap()), vec!["t1"]);
+    assert_eq!(
+        ids(s.due_timers(250, 10).await.unwrap()),
+        vec!["t1", "t2a", "t2b"],
+        "earliest first, ties by id"
+    );
+    assert_eq!(
+        ids(s.due_timers(1_000, 2).await.unwrap()),
+        vec!["t1", "t2a"]
+    );
+
+    // A fired timer is removed with the transition it caused.
+    let mut fired = advance("a", 1, 2);
+    fired.timers_done.push("t1".to_string());
+    s.commit(&[fired]).await.unwrap();
+    assert_eq!(s.next_timer_at().await.unwrap(), Some(200));
+
+    // A write without a case row only drops side rows (a stale timer), whatever the case's
+    // last_seq. Dropping a timer that is already gone is fine.
+    let drop_stale = CaseWrite {
+        timers_done: vec!["t2a".to_string(), "t1".to_string()],
+        ..Default::default()
+    };
+    s.commit(&[drop_stale]).await.unwrap();
+    assert_eq!(
+        ids(s.due_timers(i64::MAX, 0).await.unwrap()),
+        vec!["t2b", "t3"]
+    );
+    assert_eq!(s.case("a").await.unwrap().unwrap().last_seq, 2);
+}
+
+async fn effects_pagination_and_removal(s: Arc<dyn Store>) {
+    let mut batch = Vec::new();
+    for i in 0..7 {
+        let id = format!("c{i}");
+        let mut w = create(&id, 1);
+        w.effects_new.push(effect(&format!("{id}/x"), &id));
+        batch.push(w);
+    }
+    batch.reverse();
+    s.commit(&batch).await.unwrap();
+
+    let keys = |v: Vec<EffectRecord>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(s.pending_effects(None, 3).await.unwrap()),
+        vec!["c0/x", "c1/x", "c2/x"]
+    );
+    assert_eq!(
+        keys(s.pending_effects(Some("c2/x"), 3).await.unwrap()),
+        vec!["c3/x", "c4/x", "c5/x"]
+    );
+    assert_eq!(
+        keys(s.pending_effects(Some("c5/x"), 3).await.unwrap()),
+        vec!["c6/x"]
+    );
+    assert!(s.pending_effects(Some("c6/x"), 3).await.unwrap().is_empty());
+
+    // Settle three effects in one batch, one of them twice over (idempotent delete).
+    let mut done = Vec::new();
+    for i in [1, 3, 5] {
+        let mut w = advance(&format!("c{i}"), 1, 2);
+        w.effects_done.push(format!("c{i}/x"));
+        done.push(w);
+    }
+    done.push(CaseWrite {
+        effects_done: vec!["c1/x".to_string()],
+        ..Default::default()
+    });
+    s.commit(&done).await.unwrap();
+    assert_eq!(
+        keys(s.pending_effects(None, 0).await.unwrap()),
+        vec!["c0/x", "c2/x", "c4/x", "c6/x"]
+    );
+}
+
+async fn waits_lookup_and_removal(s: Arc<dyn Store>) {
+    let mut a = create("a", 1);
+    a.waits_new
+        .push(wait("a/w1", "a", "signed", r#"{"contract":"42"}"#));
+    a.waits_new
+        .push(wait("a/w2", "a", "paid", r#"{"invoice":"7"}"#));
+    let mut b = create("b", 1);
+    b.waits_new
+        .push(wait("b/w1", "b", "signed", r#"{"contract":"42"}"#));
+    b.waits_new
+        .push(wait("b/w2", "b", "signed", r#"{"contract":"43"}"#));
+    s.commit(&[a, b]).await.unwrap();
+
+    let ids = |v: Vec<WaitRecord>| v.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.waits_for("signed", r#"{"contract":"42"}"#).await.unwrap()),
+        vec!["a/w1", "b/w1"]
+    );
+    assert!(s
+        .waits_for("signed", r#"{"contract":"44"}"#)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(s.waits_of_case("a").await.unwrap()),
+        vec!["a/w1", "a/w2"]
+    );
+
+    let mut satisfied = advance("a", 1, 2);
+    satisfied.waits_done.push("a/w1".to_string());
+    s.commit(&[satisfied]).await.unwrap();
+    assert_eq!(
+        ids(s.waits_for("signed", r#"{"contract":"42"}"#).await.unwrap()),
+        vec!["b/w1"]
+    );
+    assert_eq!(ids(s.waits_of_case("a").await.unwrap()), vec!["a/w2"]);
+}
+
+async fn task_updates_and_filters(s: Arc<dyn Store>) {
+    let mut a = create("a", 1);
+    a.tasks_new.push(task("t1", "a", "clerk", Some(500)));
+    a.tasks_new.push(task("t2", "a", "manager", Some(1_500)));
+    let mut b = create("b", 1);
+    b.tasks_new.push(task("t3", "b", "clerk", None));
+    s.commit(&[a, b]).await.unwrap();
+
+    let ids = |v: Vec<TaskRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.tasks(&TaskFilter::default()).await.unwrap()),
+        vec!["t1", "t2", "t3"]
+    );
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                role: Some("clerk".to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t1", "t3"]
+    );
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                due_before: Some(1_500),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t1"],
+        "due_before is strict and skips tasks without a due date"
+    );
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                case_id: Some("b".to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t3"]
+    );
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t1", "t2"]
+    );
+
+    // Claim t1, escalate t2 to another role (role: Some), complete t3 (role: None keeps it).
+    let mut a2 = advance("a", 1, 2);
+    a2.tasks_updated.push(TaskUpdate {
+        id: "t1".to_string(),
+        status: "claimed".to_string(),
+        assignee: Some("ann".to_string()),
+        role: None,
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    });
+    a2.tasks_updated.push(TaskUpdate {
+        id: "t2".to_string(),
+        status: "open".to_string(),
+        assignee: None,
+        role: Some("director".to_string()),
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    });
+    let mut b2 = advance("b", 1, 2);
+    b2.tasks_updated.push(TaskUpdate {
+        id: "t3".to_string(),
+        status: "completed".to_string(),
+        assignee: Some("bob".to_string()),
+        role: None,
+        completed_at: Some(2_000),
+        completed_by: Some("bob".to_string()),
+        outcome: Some("approve".to_string()),
+        data: Some(r#"{"ok":true}"#.to_string()),
+    });
+    s.commit(&[a2, b2]).await.unwrap();
+
+    let t1 = s.task("t1").await.unwrap().unwrap();
+    assert_eq!(t1.status, "claimed");
+    assert_eq!(t1.assignee.as_deref(), Some("ann"));
+    assert_eq!(t1.role, "clerk");
+    let t2 = s.task("t2").await.unwrap().unwrap();
+    assert_eq!(t2.role, "director");
+    let t3 = s.task("t3").await.unwrap().unwrap();
+    let mut expected = task("t3", "b", "clerk", None);
+    expected.status = "completed".to_string();
+    expected.assignee = Some("bob".to_string());
+    expected.completed_at = Some(2_000);
+    expected.completed_by = Some("bob".to_string());
+    expected.outcome = Some("approve".to_string());
+    expected.data = Some(r#"{"ok":true}"#.to_string());
+    assert_eq!(t3, expected);
+
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                assignee: Some("ann".to_string()),
+                status: Some("claimed".to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t1"]
+    );
+    assert_eq!(
+        ids(s
+            .tasks(&TaskFilter {
+                role: Some("director".to_string()),
+                status: Some("open".to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec!["t2"]
+    );
+}
+
+async fn definitions_are_insert_or_ignore(s: Arc<dyn Store>) {
+    let def = |hash: &str, kind: &str, source: &str, at: i64| DefinitionRecord {
+        hash: hash.to_string(),
+        kind: kind.to_string(),
+        name: format!("{kind}-{hash}"),
+        version: if kind == "workflow" { Some(1) } else { None },
+        source: source.to_string(),
+        loaded_at: at,
+    };
+    let first = vec![
+        def("h2", "workflow", "steps: []", 20),
+        def("h1", "workflow", "steps: [a]", 10),
+        def("r1", "rule", "fn x() {}", 5),
+    ];
+    s.put_definitions(&first).await.unwrap();
+    // Again, plus a different source under an existing hash: the stored one stays.
+    s.put_definitions(&[
+        def("h1", "workflow", "CHANGED", 99),
+        def("h3", "workflow", "s", 30),
+    ])
+    .await
+    .unwrap();
+    s.put_definitions(&[]).await.unwrap();
+
+    assert_eq!(s.definition("h1").await.unwrap(), Some(first[1].clone()));
+    assert_eq!(s.definition("zz").await.unwrap(), None);
+    let hashes: Vec<String> = s
+        .definitions("workflow")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.hash)
+        .collect();
+    assert_eq!(hashes, vec!["h1", "h2", "h3"], "oldest first");
+    assert_eq!(s.definitions("rule").await.unwrap(), vec![first[2].clone()]);
+    assert!(s.definitions("template").await.unwrap().is_empty());
+}
+
+async fn concurrent_commits_of_disjoint_cases(s: Arc<dyn Store>) {
+    const TASKS: usize = 8;
+    const STEPS: i64 = 10;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let ids: Vec<String> = (0..4).map(|i| format!("t{t}-c{i}")).collect();
+            s.commit(&ids.iter().map(|id| create(id, 1)).collect::<Vec<_>>())
+                .await
+                .expect("create");
+            for step in 1..STEPS {
+                let batch: Vec<CaseWrite> = ids
+                    .iter()
+                    .map(|id| {
+                        let mut w = advance(id, step, step + 1);
+                        w.effects_new.push(effect(&format!("{id}/{step}"), id));
+                        if step > 1 {
+                            w.effects_done.push(format!("{id}/{}", step - 1));
+                        }
+                        w
+                    })
+                    .collect();
+                s.commit(&batch)
+                    .await
+                    .expect("disjoint commits never conflict");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("committer task");
+    }
+    let cases = s.list_cases(&all_cases()).await.unwrap();
+    assert_eq!(cases.len(), TASKS * 4);
+    assert!(cases.iter().all(|c| c.last_seq == STEPS));
+    assert_eq!(s.pending_effects(None, 0).await.unwrap().len(), TASKS * 4);
+    assert_eq!(s.history("t3-c2").await.unwrap().len(), STEPS as usize);
+}
+
+/// Not a benchmark (no timing assertion): commits 200 batches of 64 transitions shaped like the
+/// engine's (a case row, 2 to 4 events, one outbox insert and one outbox delete) and prints the rate.
+/// Run with `--nocapture` (and `--release` for meaningful numbers).
+async fn throughput(s: Arc<dyn Store>) {
+    const BATCHES: usize = 200;
+    const PER_BATCH: usize = 64;
+    /// Cases in rotation: the first batches create them, the rest advance them.
+    const CASES: usize = 640;
+    let payload = format!(
+        r#"{{"output":{{"score":712,"notes":"{}"}}}}"#,
+        "x".repeat(200)
+    );
+
+    let mut seqs = vec![0i64; CASES];
+    let mut writes = 0usize;
+    let started = Instant::now();
+    for b in 0..BATCHES {
+        let mut batch = Vec::with_capacity(PER_BATCH);
+        for i in 0..PER_BATCH {
+            let n = (b * PER_BATCH + i) % CASES;
+            let id = format!("case-{n:06}");
+            let from = seqs[n];
+            // 2 to 4 events, so that batches differ in row counts as the engine's do.
+            let to = from + 2 + ((b + i) % 3) as i64;
+            let mut w = if from == 0 {
+                create(&id, to)
+            } else {
+                advance(&id, from, to)
+            };
+            for e in &mut w.events {
+                e.payload = payload.clone();
+            }
+            w.effects_new.push(effect(&format!("{id}/{to}"), &id));
+            if from > 0 {
+                w.effects_done.push(format!("{id}/{from}"));
+            }
+            seqs[n] = to;
+            batch.push(w);
+        }
+        s.commit(&batch).await.expect("commit");
+        writes += batch.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "throughput {}: {BATCHES} batches x {PER_BATCH} writes in {secs:.3}s = {:.0} batches/s, {:.0} writes/s",
+        BACKEND.get(),
+        BATCHES as f64 / secs,
+        writes as f64 / secs
+    );
+
+    assert_eq!(s.pending_effects(None, 0).await.unwrap().len(), CASES);
+    for n in [0, 123, CASES - 1] {
+        let id = format!("case-{n:06}");
+        let c = s.case(&id).await.unwrap().unwrap();
+        assert_eq!(c.last_seq, seqs[n]);
+        assert_eq!(s.history(&id).await.unwrap().len() as i64, seqs[n]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dossier.db");
+    let mut w = create("a", 2);
+    w.effects_new.push(effect("a/e", "a"));
+    w.timers_new.push(timer("a/t", "a", 50));
+    w.waits_new.push(wait("a/w", "a", "ev", "{}"));
+    w.tasks_new.push(task("a/k", "a", "clerk", Some(60)));
+    let def = DefinitionRecord {
+        hash: "h".to_string(),
+        kind: "workflow".to_string(),
+        name: "loan".to_string(),
+        version: Some(3),
+        source: "steps: []".to_string(),
+        loaded_at: 1,
+    };
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        s.commit(&[w.clone(), create("b", 1)]).await.unwrap();
+        s.put_definitions(std::slice::from_ref(&def)).await.unwrap();
+        // Dropped without `close`: a returned commit must already be durable.
+    }
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.case("a").await.unwrap(), w.case);
+        assert_eq!(s.history("a").await.unwrap(), w.events);
+        assert_eq!(s.pending_effects(None, 0).await.unwrap(), w.effects_new);
+        assert_eq!(s.due_timers(50, 0).await.unwrap(), w.timers_new);
+        assert_eq!(s.waits_of_case("a").await.unwrap(), w.waits_new);
+        assert_eq!(s.task("a/k").await.unwrap(), Some(w.tasks_new[0].clone()));
+        assert_eq!(s.definition("h").await.unwrap(), Some(def.clone()));
+        assert_eq!(s.list_cases(&all_cases()).await.unwrap().len(), 2);
+        // Optimistic concurrency carries over: the stored last_seq is the one to expect.
+        assert_conflict(s.commit(&[advance("a", 1, 3)]).await, "a", Some(1));
+        s.commit(&[advance("a", 2, 3)]).await.unwrap();
+        s.close().await.unwrap();
+    }
+    let s = SqliteStore::open_url(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(s.case("a").await.unwrap().unwrap().last_seq, 3);
+    assert_eq!(s.history("a").await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_memory_url_works() {
+    let s = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+    s.commit(&[create("a", 1)]).await.unwrap();
+    s.commit(&[advance("a", 1, 2)]).await.unwrap();
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 2)));
+    assert_eq!(s.history("a").await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_location_is_an_open_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("missing-dir").join("dossier.db");
+    match SqliteStore::open(&path).await {
+        Err(StoreError::Open { location, .. }) => assert!(location.contains("missing-dir")),
+        other => panic!("expected an open error, got {other:?}"),
+    }
+}
+
+/// Batches bigger than one multi-row statement (chunking under the bound-variable limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_large_batch_is_chunked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open(&dir.path().join("dossier.db"))
+        .await
+        .unwrap();
+    let batch: Vec<CaseWrite> = (0..3_000).map(|i| create(&format!("c{i:05}"), 2)).collect();
+    s.commit(&batch).await.unwrap();
+    let next: Vec<CaseWrite> = (0..3_000)
+        .map(|i| {
+            let id = format!("c{i:05}");
+            let mut w = advance(&id, 2, 3);
+            w.effects_done = (0..12).map(|k| format!("{id}/{k}")).collect();
+            w
+        })
+        .collect();
+    s.commit(&next).await.unwrap();
+    assert_eq!(s.list_cases(&all_cases()).await.unwrap().len(), 3_000);
+    assert_eq!(s.history("c02999").await.unwrap().len(), 3);
+    // A conflict in the last chunk still rolls back the first ones.
+    let mut stale: Vec<CaseWrite> = (0..3_000)
+        .map(|i| advance(&format!("c{i:05}"), 3, 4))
+        .collect();
+    stale.push(advance("c00000", 3, 4));
+    assert_conflict(s.commit(&stale).await, "c00000", Some(3));
+    assert_eq!(s.case("c02999").await.unwrap().unwrap().last_seq, 3);
+}

@@ -1,0 +1,100 @@
+-- Dossier storage schema (SQLite). Keep in step with ../postgres: same tables, columns and
+-- indexes; times are UTC milliseconds (BIGINT), JSON is TEXT.
+
+-- One row per case: a projection of its history, updated in the same transaction as the events.
+CREATE TABLE cases (
+    id               TEXT    NOT NULL PRIMARY KEY,
+    workflow_id      TEXT    NOT NULL,
+    workflow_version BIGINT  NOT NULL,
+    workflow_hash    TEXT    NOT NULL,
+    business_key     TEXT,
+    parent_id        TEXT,
+    status           TEXT    NOT NULL,
+    current_step     TEXT,
+    data             TEXT    NOT NULL,
+    pins             TEXT    NOT NULL,
+    last_seq         BIGINT  NOT NULL,
+    last_hash        TEXT    NOT NULL,
+    created_at       BIGINT  NOT NULL,
+    updated_at       BIGINT  NOT NULL
+);
+CREATE INDEX cases_workflow_status ON cases (workflow_id, status);
+CREATE INDEX cases_business_key ON cases (business_key);
+CREATE INDEX cases_created_at ON cases (created_at);
+
+-- The hash-chained history: append-only, seq starts at 1 per case.
+CREATE TABLE events (
+    case_id   TEXT   NOT NULL,
+    seq       BIGINT NOT NULL,
+    at        BIGINT NOT NULL,
+    kind      TEXT   NOT NULL,
+    payload   TEXT   NOT NULL,
+    prev_hash TEXT   NOT NULL,
+    hash      TEXT   NOT NULL,
+    PRIMARY KEY (case_id, seq)
+);
+
+-- The effect outbox, keyed by idempotency key.
+CREATE TABLE effects (
+    key        TEXT   NOT NULL PRIMARY KEY,
+    case_id    TEXT   NOT NULL,
+    step       TEXT   NOT NULL,
+    connector  TEXT   NOT NULL,
+    operation  TEXT   NOT NULL,
+    request    TEXT   NOT NULL,
+    attempt    BIGINT NOT NULL,
+    timeout_ms BIGINT,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE timers (
+    id      TEXT   NOT NULL PRIMARY KEY,
+    case_id TEXT   NOT NULL,
+    fire_at BIGINT NOT NULL,
+    purpose TEXT   NOT NULL
+);
+-- (fire_at, id) so that due_timers reads in index order, ties included.
+CREATE INDEX timers_fire_at ON timers (fire_at, id);
+
+CREATE TABLE waits (
+    id          TEXT   NOT NULL PRIMARY KEY,
+    case_id     TEXT   NOT NULL,
+    event_name  TEXT   NOT NULL,
+    correlation TEXT   NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX waits_event ON waits (event_name, correlation);
+CREATE INDEX waits_case ON waits (case_id);
+
+CREATE TABLE tasks (
+    id           TEXT   NOT NULL PRIMARY KEY,
+    case_id      TEXT   NOT NULL,
+    workflow_id  TEXT   NOT NULL,
+    step         TEXT   NOT NULL,
+    role         TEXT   NOT NULL,
+    title        TEXT   NOT NULL,
+    form         TEXT   NOT NULL,
+    status       TEXT   NOT NULL,
+    assignee     TEXT,
+    due_at       BIGINT,
+    created_at   BIGINT NOT NULL,
+    completed_at BIGINT,
+    completed_by TEXT,
+    outcome      TEXT,
+    data         TEXT
+);
+CREATE INDEX tasks_role_status ON tasks (role, status);
+CREATE INDEX tasks_assignee_status ON tasks (assignee, status);
+CREATE INDEX tasks_status_due ON tasks (status, due_at);
+CREATE INDEX tasks_case ON tasks (case_id);
+
+-- Content-addressed sources: written once per hash, never changed.
+CREATE TABLE definitions (
+    hash      TEXT   NOT NULL PRIMARY KEY,
+    kind      TEXT   NOT NULL,
+    name      TEXT   NOT NULL,
+    version   BIGINT,
+    source    TEXT   NOT NULL,
+    loaded_at BIGINT NOT NULL
+);
+CREATE INDEX definitions_kind ON definitions (kind, loaded_at);
