@@ -69,9 +69,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             count,
             db,
+            journal,
         } => {
             let input = read_json(&input)?;
-            let engine = engine(&root, db, None, Arc::new(SystemClock)).await?;
+            let engine = engine(&root, db, journal, Arc::new(SystemClock)).await?;
             let numbered = engine
                 .programs()
                 .project()
@@ -650,7 +651,7 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
             "Maquis Chez Tantie",
             "1250000",
             "XOF",
-            "2026-01-15",
+            10,
             "pays after the first reminder",
         ),
         (
@@ -658,7 +659,7 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
             "Atelier Koné Réparations",
             "480000",
             "XOF",
-            "2026-01-10",
+            5,
             "never pays: collections task",
         ),
         (
@@ -666,12 +667,14 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
             "Coworking Plateau",
             "2400.00",
             "EUR",
-            "2026-01-20",
+            20,
             "pays before the due date",
         ),
     ];
     let mut cases = Vec::new();
-    for (num, client, amount, currency, due, story) in invoices {
+    for (num, client, amount, currency, due_in_days, story) in invoices {
+        // Due dates relative to today, so that the story holds whenever the demo runs.
+        let due = (clock.now() + chrono::TimeDelta::days(due_in_days)).format("%Y-%m-%d").to_string();
         let input = json!({
             "facture": num, "client": client, "telephone": "+2250700000000", "email": "compta@example.ci",
             "montant_ttc": amount.parse::<Value>().unwrap_or(Value::Null), "devise": currency, "echeance": due,
@@ -692,7 +695,7 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
             engine
                 .send_event(
                     "paiement_recu",
-                    json!({"facture": "FAC-2026-0103", "montant": 2400.00}),
+                    json!({"facture": "FAC-2026-0103", "montant": "2400.00".parse::<Value>()?}),
                 )
                 .await?;
             paid_0103 = true;

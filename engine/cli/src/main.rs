@@ -83,6 +83,9 @@ enum Command {
         count: u32,
         #[arg(long, env = "DOSSIER_DB")]
         db: Option<String>,
+        /// Add the `record` connector, a recording double with this journal file.
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
     /// List cases in the database.
     Cases {

@@ -92,9 +92,9 @@ pub struct Transition {
 /// Why an input was refused. Nothing was recorded; the caller should answer with a 4xx.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
-    #[error("the input does not fit the workflow's input schema")]
+    #[error("the input does not fit the workflow's input schema: {}", list_fields(.0))]
     Input(Vec<FieldError>),
-    #[error("the form data does not fit the task's fields")]
+    #[error("the form data does not fit the task's fields: {}", list_fields(.0))]
     Form(Vec<FieldError>),
     #[error("`{outcome}` is not an outcome of this task (outcomes: {known})")]
     Outcome { outcome: String, known: String },
@@ -110,6 +110,10 @@ pub enum Rejection {
     NotAnInput(&'static str),
     #[error("cannot start the case: {0}")]
     Start(String),
+}
+
+fn list_fields(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("`{}` {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1000,7 +1004,7 @@ impl CaseState {
     }
 
     fn tera_context(&self, tx: &Tx) -> tera::Context {
-        tera::Context::from_serialize(Value::Object(self.scope(tx))).unwrap_or_default()
+        tera::Context::from_serialize(exact_decimals(Value::Object(self.scope(tx)))).unwrap_or_default()
     }
 
     fn render_inline(&self, tx: &Tx, text: &str) -> Result<String, StepError> {
@@ -1600,4 +1604,15 @@ impl CaseState {
 /// Canonical text of correlation values (sorted keys), as waits are stored and looked up.
 pub fn correlation_text(values: &BTreeMap<String, Value>) -> String {
     serde_json::to_string(values).expect("JSON values always serialize")
+}
+
+/// Tera prints numbers through binary floats (`1200.00` shows as `1200`, long amounts lose
+/// digits). Templates therefore see every non-integer number as the text of its exact digits.
+fn exact_decimals(v: Value) -> Value {
+    match v {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => Value::String(n.to_string()),
+        Value::Array(a) => Value::Array(a.into_iter().map(exact_decimals).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, exact_decimals(v))).collect()),
+        other => other,
+    }
 }

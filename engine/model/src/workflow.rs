@@ -309,7 +309,8 @@ pub struct WaitEventSpec {
     /// Give up after this ISO 8601 duration (or expression giving one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// Step to go to on timeout; default: the next step, with the result variable unset.
+    /// Step to go to on timeout; default: the step's `next`, else the following step (the result
+    /// variable is then left unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<String>,
 }

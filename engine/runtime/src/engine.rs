@@ -402,27 +402,34 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
                 Err(_) => break,
             }
         }
-        let now = inner.clock.now();
+        let now = crate::to_millis(inner.clock.now());
         let mut batch = Batch {
             writes: Vec::new(),
             staged: Vec::new(),
             touched: HashSet::new(),
         };
+        // Commands stay counted as queued until their batch is committed and dispatched, so
+        // that `Engine::is_idle` never sees a gap between a commit and its effects.
+        let mut processed = 0;
         for cmd in cmds {
             if batch.touched.contains(cmd.case_id()) {
                 // One transition per case and batch: the next one builds on the committed state.
                 deferred.push_back(cmd);
                 continue;
             }
-            inner.queued.fetch_sub(1, Ordering::SeqCst);
+            processed += 1;
             prepare(&inner, &mut cache, &mut batch, cmd, now).await;
         }
         if batch.writes.is_empty() {
             finish_batch(&inner, &mut cache, batch, now);
+            inner.queued.fetch_sub(processed, Ordering::SeqCst);
             continue;
         }
         match inner.store.commit(&batch.writes).await {
-            Ok(()) => finish_batch(&inner, &mut cache, batch, now),
+            Ok(()) => {
+                finish_batch(&inner, &mut cache, batch, now);
+                inner.queued.fetch_sub(processed, Ordering::SeqCst);
+            }
             Err(e) => {
                 let conflict = matches!(e, StoreError::Conflict { .. });
                 if !conflict {
@@ -431,11 +438,12 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
                 }
                 // Nothing of the batch was written: forget the states built on it and run the
                 // commands again from what the database holds.
+                let mut again = 0;
                 for s in batch.staged {
                     cache.remove(&s.case_id);
                     match s.retry {
                         Some(cmd) => {
-                            inner.queued.fetch_add(1, Ordering::SeqCst);
+                            again += 1;
                             deferred.push_back(cmd)
                         }
                         None => {
@@ -445,6 +453,7 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
                         }
                     }
                 }
+                inner.queued.fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
             }
         }
     }

@@ -32,9 +32,9 @@ pub enum RuntimeError {
     UnknownCase(String),
     #[error("no task has the id {0}")]
     UnknownTask(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Rejected(#[from] dossier_core::Rejection),
-    #[error("{0}")]
+    #[error(transparent)]
     Program(#[from] dossier_core::CoreError),
     #[error("storage: {0}")]
     Store(String),
@@ -56,6 +56,12 @@ impl From<dossier_store::StoreError> for RuntimeError {
 /// this one and passes the time in with each input.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+}
+
+/// `t` truncated to the millisecond: histories store milliseconds, and replay must see the very
+/// instant the state machine saw.
+pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 /// The system clock.

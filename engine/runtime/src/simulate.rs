@@ -66,7 +66,7 @@ impl<'p> Simulation<'p> {
     pub fn new(project: &'p Project, start: DateTime<Utc>) -> Simulation<'p> {
         Simulation {
             project,
-            now: start,
+            now: crate::to_millis(start),
             cases: BTreeMap::new(),
             timers: BTreeMap::new(),
             waits: Vec::new(),
@@ -392,9 +392,12 @@ impl<'p> Simulation<'p> {
                         },
                     );
                 }
-                Action::UpdateTask { task, status, .. } => {
+                Action::UpdateTask { task, status, role, .. } => {
                     if status == "completed" || status == "cancelled" {
                         self.tasks.remove(&task);
+                    } else if let (Some(role), Some(t)) = (role, self.tasks.get_mut(&task)) {
+                        // Escalation moves the task to another role's inbox.
+                        t.role = role;
                     }
                 }
                 Action::EffectSettled { .. } => {}

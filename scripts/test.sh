@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the whole test suite of Dossier on a fresh machine: installs and starts what the tests need,
+# builds, runs every Rust test (SQLite and PostgreSQL), then checks and tests the bundled
+# workflows with the dossier binary itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+# PostgreSQL on 127.0.0.1:5432 with trust authentication: the storage, engine and crash tests
+# create (and drop) their own databases there.
+if ! (command -v pg_isready >/dev/null && pg_isready -h 127.0.0.1 -p 5432 -q); then
+  say "starting PostgreSQL"
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+    ver=$(ls /etc/postgresql | head -n 1)
+    sed -i 's/^\(host\|local\)\(.*\)\(peer\|scram-sha-256\|md5\)$/\1\2trust/' "/etc/postgresql/$ver/main/pg_hba.conf"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+  pg_isready -h 127.0.0.1 -p 5432
+fi
+
+say "building"
+cargo build --workspace --all-targets --locked
+
+say "Rust tests (units, storage on SQLite and PostgreSQL, engine, kill -9)"
+cargo test --workspace --locked -- --test-threads 2
+
+say "the bundled workflows: dossier validate and dossier test"
+./target/debug/dossier validate
+./target/debug/dossier test
