@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dossier_store::Store;
 
-const CASES: u32 = 200;
+const CASES: u32 = 1000;
 
 const WORKFLOW: &str = r#"
 id: crash_test
@@ -68,6 +68,7 @@ fn crash_run(db: &str, dir: &Path) {
         .arg(dir.join("input.json"))
         .args(["--count", &CASES.to_string(), "--db", db, "--journal"])
         .arg(&journal)
+        .stdout(Stdio::null())
         .status()
         .expect("dossier start runs");
     assert!(status.success(), "dossier start failed");
@@ -83,7 +84,7 @@ fn crash_run(db: &str, dir: &Path) {
             .spawn()
             .expect("dossier work runs");
         // Kill at a random moment while it works, a few times; then let it finish.
-        let until = Instant::now() + Duration::from_millis(30 + pseudo_random(400));
+        let until = Instant::now() + Duration::from_millis(20 + pseudo_random(200));
         let mut finished = None;
         while Instant::now() < until {
             if let Some(s) = child.try_wait().expect("wait on dossier work") {
@@ -97,7 +98,7 @@ fn crash_run(db: &str, dir: &Path) {
                 assert!(s.success(), "dossier work failed: {s}");
                 break;
             }
-            None if kills < 12 => {
+            None if kills < 15 => {
                 child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
                 child.wait().expect("reap");
                 kills += 1;

@@ -115,7 +115,12 @@ impl RecordingConnector {
             .append(true)
             .open(path)
             .map_err(|e| ConnectorError::Transient(format!("journal: {e}")))?;
-        writeln!(f, "{line}").map_err(|e| ConnectorError::Transient(format!("journal: {e}")))?;
+        // One write call per record: with O_APPEND it lands whole or not at all, even when the
+        // process is killed (`writeln!` may split a line over several calls).
+        let mut record = line.to_string();
+        record.push('\n');
+        f.write_all(record.as_bytes())
+            .map_err(|e| ConnectorError::Transient(format!("journal: {e}")))?;
         // The journal stands for the outside world: what it performed must survive a crash.
         f.sync_data()
             .map_err(|e| ConnectorError::Transient(format!("journal: {e}")))

@@ -72,7 +72,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             journal,
         } => {
             let input = read_json(&input)?;
-            let engine = engine(&root, db, journal, Arc::new(SystemClock)).await?;
+            let engine = engine(&root, db, journal, Arc::new(SystemClock), false).await?;
             let numbered = engine
                 .programs()
                 .project()
@@ -121,7 +121,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             until_idle,
             journal,
         } => {
-            let engine = engine(&root, db, journal, Arc::new(SystemClock)).await?;
+            let engine = engine(&root, db, journal, Arc::new(SystemClock), true).await?;
             if until_idle {
                 wait_idle(&engine).await?;
             } else {
@@ -359,11 +359,13 @@ async fn engine(
     db: Option<String>,
     journal: Option<PathBuf>,
     clock: Arc<dyn Clock>,
+    workers: bool,
 ) -> anyhow::Result<Engine> {
     let registry = registry(journal)?;
     let project = Arc::new(load_with(root, &registry)?);
     let store = crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?;
-    Ok(Engine::start(store, project, registry, clock, EngineConfig::default()).await?)
+    let config = EngineConfig { workers, ..EngineConfig::default() };
+    Ok(Engine::start(store, project, registry, clock, config).await?)
 }
 
 async fn wait_idle(engine: &Engine) -> anyhow::Result<()> {
@@ -643,7 +645,7 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
     let clock = Arc::new(WarpClock {
         offset_ms: AtomicI64::new(0),
     });
-    let engine = engine(root, Some(db.clone()), None, clock.clone()).await?;
+    let engine = engine(root, Some(db.clone()), None, clock.clone(), true).await?;
     println!("Dossier demo — unpaid invoice reminders (workflow relance_facture) on SQLite {db}\n");
     let invoices = [
         (

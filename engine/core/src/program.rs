@@ -64,6 +64,7 @@ pub struct Program {
     pub(crate) lists: Vec<StepList>,
     by_id: HashMap<String, NodeId>,
     exprs: HashMap<String, Arc<dossier_rules::Expr>>,
+    pins_json: String,
 }
 
 impl std::fmt::Debug for Program {
@@ -108,10 +109,12 @@ impl Program {
             lists: Vec::new(),
             by_id: HashMap::new(),
             exprs: HashMap::new(),
+            pins_json: String::new(),
             workflow: workflow.clone(),
         };
         prog.layout(&workflow.steps, None)?;
         prog.compile_exprs()?;
+        prog.pins_json = serde_json::to_string(&prog.pins()).expect("pins always serialize");
         Ok(prog)
     }
 
@@ -256,6 +259,11 @@ impl Program {
                     message: e.to_string(),
                 }),
         }
+    }
+
+    /// [`Program::pins`] as JSON text, computed once.
+    pub fn pins_json(&self) -> &str {
+        &self.pins_json
     }
 
     /// Every pin of the program: `rule:NAME`, `template:PATH`, `workflow:ID` to content hash.

@@ -2521,6 +2521,47 @@ steps:
 }
 
 #[test]
+fn a_long_for_each_without_waits_is_not_a_loop_of_jumps() {
+    let yaml = r#"
+id: lot
+version: 1
+title: Lot
+input:
+  lignes: { type: list, items: { type: integer } }
+steps:
+  - id: chaque
+    for_each:
+      items: input.lignes
+      steps:
+        - id: cumul
+          assign: { dernier: item }
+output:
+  dernier: dernier
+"#;
+    // 4,000 items: 8,001 steps counted (each iteration counts its step and its end).
+    let lines: Vec<i64> = (0..4000).collect();
+    let run = wf(yaml).run(json!({ "lignes": lines }), &[]);
+    let state = run.state.unwrap();
+    assert_eq!(state.status_name(), "completed");
+    assert_eq!(state.output, json!({"dernier": 3999}));
+
+    // 5,000 items (the rules engine accepts lists of up to 10,000): a finite list, no jump at
+    // all, yet the case fails as "a loop of jumps".
+    let lines: Vec<i64> = (0..5000).collect();
+    let run = wf(yaml).run(json!({ "lignes": lines }), &[]);
+    let state = run.state.unwrap();
+    // FIXME: the step limit meant to stop jump loops that never wait also stops a finite
+    // for_each of 5,000 items (each iteration counts twice), with a message blaming "a loop of
+    // jumps". Expected: the case completes with `{"dernier": 4999}` (the limit counting jumps
+    // back, or scaled to the work). This asserts the current behaviour.
+    assert_eq!(state.status_name(), "failed");
+    assert_eq!(
+        state.output,
+        json!("the case ran 10000 steps without waiting: a loop of jumps never reaches a wait or an end")
+    );
+}
+
+#[test]
 fn input_that_does_not_fit_the_schema_is_rejected() {
     let yaml = r#"
 id: schema

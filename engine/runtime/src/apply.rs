@@ -74,7 +74,7 @@ pub fn case_write(
         status: state.status_name().to_string(),
         current_step: state.current_step(prog),
         data: serde_json::to_string(&state.vars).unwrap_or_else(|_| "{}".into()),
-        pins: serde_json::to_string(&prog.pins()).unwrap_or_else(|_| "{}".into()),
+        pins: prog.pins_json().to_string(),
         last_seq: new_head.last_seq,
         last_hash: new_head.last_hash.clone(),
         created_at: head.created_at,

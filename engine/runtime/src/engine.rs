@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Case states kept in memory; the others are rebuilt from their history when needed.
     pub cache_capacity: usize,
+    /// Perform effects and fire timers. Off for a process that only records new cases
+    /// (`dossier start`): their effects wait in the outbox for a working engine.
+    pub workers: bool,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             effect_concurrency: 256,
             max_batch: 512,
             cache_capacity: 10_000,
+            workers: true,
         }
     }
 }
@@ -176,6 +180,9 @@ impl Engine {
             correlations,
         });
         tokio::spawn(sequencer(inner.clone(), rx));
+        if !inner.config.workers {
+            return Ok(Engine { inner });
+        }
         tokio::spawn(timer_task(inner.clone()));
         // Effects whose result was never recorded (the previous run stopped) go out again,
         // with their original idempotency keys.
@@ -861,6 +868,9 @@ fn effect_job(e: &EffectRecord) -> EffectJob {
 }
 
 fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
+    if !inner.config.workers {
+        return;
+    }
     if !lock(&inner.effects_in_flight).insert(job.key.clone()) {
         return;
     }

@@ -13,7 +13,6 @@
 //! crash) and starting a new `Engine` on the same database in a new runtime.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -198,6 +197,7 @@ engine_tests!(
     a_task_decided_moves_the_case_on,
     cancel_runs_the_compensations,
     a_sub_workflow_call_completes_the_parent,
+    many_cases_at_once_complete_with_one_effect_each,
     restart_while_an_effect_is_in_flight,
     restart_while_a_timer_is_pending,
 );
@@ -867,6 +867,34 @@ fn a_sub_workflow_call_completes_the_parent(db: &Db) {
         // The parent's notification went through the outbox and left it.
         assert!(n.engine.store().pending_effects(None, 0).await.unwrap().is_empty());
         assert_eq!(n.sms.calls().len(), 1);
+        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+    });
+}
+
+fn many_cases_at_once_complete_with_one_effect_each(db: &Db) {
+    runtime().block_on(async {
+        let n = node(db).await;
+        let mut runs = Vec::new();
+        for i in 0..40 {
+            let engine = n.engine.clone();
+            runs.push(tokio::spawn(async move {
+                engine
+                    .run_case(
+                        "envoi",
+                        json!({"tel": format!("+22507000001{i:02}"), "nom": format!("n{i}")}),
+                    )
+                    .await
+            }));
+        }
+        for r in runs {
+            let done = tokio::time::timeout(DEADLINE, r)
+                .await
+                .expect("every case ends in time")
+                .unwrap()
+                .unwrap();
+            assert_eq!(done.status, CaseStatus::Completed);
+        }
+        assert_eq!(n.sms.calls().len(), 40);
         check_all_cases(&n.engine, &[n.sms.clone()]).await;
     });
 }
