@@ -134,7 +134,10 @@ impl Wf {
         let first = self.run_once(input.clone(), script);
         // Same inputs, freshly compiled program: the same history, byte for byte.
         let second = self.run_once(input, script);
-        assert_eq!(first.text, second.text, "the state machine is not deterministic");
+        assert_eq!(
+            first.text, second.text,
+            "the state machine is not deterministic"
+        );
         first
     }
 
@@ -361,7 +364,10 @@ fn collapse(lines: &[String]) -> Vec<String> {
                 }
                 out.push(format!(
                     "    … these {p} lines {reps} times in all, up to event {}",
-                    lines[i + reps * p - 1].split_whitespace().next().unwrap_or("?")
+                    lines[i + reps * p - 1]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("?")
                 ));
                 i += reps * p;
                 continue 'outer;
@@ -863,7 +869,9 @@ output:
 
 #[test]
 fn branch_takes_the_first_arm_that_holds() {
-    wf(BRANCHES).run(json!({"montant": 50000}), &[]).check(expect![[r#"
+    wf(BRANCHES)
+        .run(json!({"montant": 50000}), &[])
+        .check(expect![[r#"
         @+PT0S start
           1 case_started tri v1 sha(workflow) pins=[] input={"montant":50000}
           2 step_started choix
@@ -876,7 +884,9 @@ fn branch_takes_the_first_arm_that_holds() {
               => finished completed {"voie":"contentieux"}
         == completed vars={"voie":"contentieux"} output={"voie":"contentieux"}
     "#]]);
-    wf(BRANCHES).run(json!({"montant": 5000}), &[]).check(expect![[r#"
+    wf(BRANCHES)
+        .run(json!({"montant": 5000}), &[])
+        .check(expect![[r#"
         @+PT0S start
           1 case_started tri v1 sha(workflow) pins=[] input={"montant":5000}
           2 step_started choix
@@ -895,7 +905,9 @@ fn branch_takes_the_first_arm_that_holds() {
 fn branch_otherwise_and_fall_through() {
     // No arm holds: `otherwise`; then a branch with neither arm nor otherwise falls through to
     // the next step.
-    wf(BRANCHES).run(json!({"montant": 10}), &[]).check(expect![[r#"
+    wf(BRANCHES)
+        .run(json!({"montant": 10}), &[])
+        .check(expect![[r#"
         @+PT0S start
           1 case_started tri v1 sha(workflow) pins=[] input={"montant":10}
           2 step_started choix
@@ -940,7 +952,10 @@ steps:
             // Too early for nothing: a timer fires when the runtime says so.
             (2 * HOUR, In::Fire("deux_heures", TimerPurpose::Wait)),
             // The same timer again (a redelivery): ignored.
-            (2 * HOUR + SECOND, In::Fire("deux_heures", TimerPurpose::Wait)),
+            (
+                2 * HOUR + SECOND,
+                In::Fire("deux_heures", TimerPurpose::Wait),
+            ),
             (DAY + 2 * HOUR, In::Fire("un_jour", TimerPurpose::Wait)),
             (8 * DAY - 9 * HOUR, In::Fire("echeance", TimerPurpose::Wait)),
         ],
@@ -1036,7 +1051,10 @@ fn wait_event_timed_out_goes_to_on_timeout() {
         .run(
             json!({"facture": "F-7"}),
             &[
-                (7 * DAY, In::Fire("attente_paiement", TimerPurpose::EventTimeout)),
+                (
+                    7 * DAY,
+                    In::Fire("attente_paiement", TimerPurpose::EventTimeout),
+                ),
                 // The payment arrives too late: the wait is gone.
                 (
                     8 * DAY,
@@ -1229,9 +1247,7 @@ fn four_eyes_refuses_the_same_person_with_a_typed_rejection() {
     assert_eq!(state.status_name(), "waiting");
     assert_eq!(
         state.handle(&prog, decide("alice"), t0()),
-        Err(Rejection::FourEyes {
-            by: "alice".into()
-        })
+        Err(Rejection::FourEyes { by: "alice".into() })
     );
     let second = state.handle(&prog, decide("bob"), t0()).unwrap();
     assert!(second
@@ -1249,8 +1265,14 @@ fn four_eyes_second_person_must_confirm_the_first_outcome() {
     let run = wf(FOUR_EYES).run(
         json!({}),
         &[
-            (HOUR, In::Decide("approbation", "approuver", json!({}), "alice")),
-            (2 * HOUR, In::Decide("approbation", "rejeter", json!({}), "bob")),
+            (
+                HOUR,
+                In::Decide("approbation", "approuver", json!({}), "alice"),
+            ),
+            (
+                2 * HOUR,
+                In::Decide("approbation", "rejeter", json!({}), "bob"),
+            ),
         ],
     );
     // FIXME: the machine accepts a second decision whose outcome differs from the first one
@@ -1297,10 +1319,19 @@ steps:
     .run(
         json!({}),
         &[
-            (HOUR, In::Decide("approbation", "approuver", json!({}), "alice")),
+            (
+                HOUR,
+                In::Decide("approbation", "approuver", json!({}), "alice"),
+            ),
             (DAY, In::Fire("approbation", TimerPurpose::TaskDue)),
-            (DAY + HOUR, In::Decide("approbation", "approuver", json!({}), "alice")),
-            (DAY + 2 * HOUR, In::Decide("approbation", "approuver", json!({}), "directeur_1")),
+            (
+                DAY + HOUR,
+                In::Decide("approbation", "approuver", json!({}), "alice"),
+            ),
+            (
+                DAY + 2 * HOUR,
+                In::Decide("approbation", "approuver", json!({}), "directeur_1"),
+            ),
         ],
     );
     // FIXME: the escalation of a four-eyes task that already has its first decision sends
@@ -2258,10 +2289,33 @@ steps:
     .run(
         json!({}),
         &[
-            (SECOND, In::Raw(Event::TimerFired { timer: "c1:w2".into() })),
-            (SECOND, In::Raw(Event::TimerFired { timer: "c1:envoi#3".into() })),
-            (SECOND, In::Raw(Event::EffectCompleted { key: "c1:w2".into(), result: json!({}) })),
-            (SECOND, In::Raw(Event::EventReceived { wait: "c1:envoi#3".into(), event: "signal".into(), payload: json!({}) })),
+            (
+                SECOND,
+                In::Raw(Event::TimerFired {
+                    timer: "c1:w2".into(),
+                }),
+            ),
+            (
+                SECOND,
+                In::Raw(Event::TimerFired {
+                    timer: "c1:envoi#3".into(),
+                }),
+            ),
+            (
+                SECOND,
+                In::Raw(Event::EffectCompleted {
+                    key: "c1:w2".into(),
+                    result: json!({}),
+                }),
+            ),
+            (
+                SECOND,
+                In::Raw(Event::EventReceived {
+                    wait: "c1:envoi#3".into(),
+                    event: "signal".into(),
+                    payload: json!({}),
+                }),
+            ),
         ],
     );
     // FIXME: `TimerFired` only checks that *something* is pending under that id: a timer firing
@@ -2321,7 +2375,10 @@ output:
         json!({}),
         &[
             (10 * MINUTE, In::Event("signal", json!({"n": 1}))),
-            (10 * MINUTE + HOUR, In::Fire("attente", TimerPurpose::EventTimeout)),
+            (
+                10 * MINUTE + HOUR,
+                In::Fire("attente", TimerPurpose::EventTimeout),
+            ),
         ],
     )
     .check(expect![[r#"
@@ -2538,18 +2595,22 @@ steps:
 output:
   dernier: dernier
 "#;
-    // 4,000 items: 8,001 steps counted (each iteration counts its step and its end).
-    let lines: Vec<i64> = (0..4000).collect();
-    let run = wf(yaml).run(json!({ "lignes": lines }), &[]);
-    let state = run.state.unwrap();
+    // Started directly (no replay, no rendering): the lists are long. 4,000 items: 8,001 steps
+    // counted (each iteration counts its step and its end).
+    let prog = wf(yaml).compile();
+    let start = |n: i64| {
+        let lines: Vec<i64> = (0..n).collect();
+        CaseState::start(&prog, CASE, json!({ "lignes": lines }), None, None, t0())
+            .unwrap()
+            .0
+    };
+    let state = start(4000);
     assert_eq!(state.status_name(), "completed");
     assert_eq!(state.output, json!({"dernier": 3999}));
 
     // 5,000 items (the rules engine accepts lists of up to 10,000): a finite list, no jump at
     // all, yet the case fails as "a loop of jumps".
-    let lines: Vec<i64> = (0..5000).collect();
-    let run = wf(yaml).run(json!({ "lignes": lines }), &[]);
-    let state = run.state.unwrap();
+    let state = start(5000);
     // FIXME: the step limit meant to stop jump loops that never wait also stops a finite
     // for_each of 5,000 items (each iteration counts twice), with a message blaming "a loop of
     // jumps". Expected: the case completes with `{"dernier": 4999}` (the limit counting jumps
@@ -2590,7 +2651,10 @@ steps:
             @+PT0S start !! rejected: Input([FieldError { field: "(input)", message: "expected an object, got a list" }])
         "#]]);
     // The same workflow accepts a fitting input (the optional field left out).
-    let ok = wf(yaml).run(json!({"montant": 12.50, "email": "a@b.ci", "canal": "sms"}), &[]);
+    let ok = wf(yaml).run(
+        json!({"montant": 12.50, "email": "a@b.ci", "canal": "sms"}),
+        &[],
+    );
     assert_eq!(ok.state.unwrap().status_name(), "completed");
 }
 
@@ -2720,7 +2784,10 @@ fn the_chain_detects_altered_removed_and_reordered_events() {
         &rehashed[4].kind,
         &rehashed[4].payload,
     );
-    assert_eq!(verify(&rehashed), Err(ChainError::BrokenLink { seq: 6, prev: 5 }));
+    assert_eq!(
+        verify(&rehashed),
+        Err(ChainError::BrokenLink { seq: 6, prev: 5 })
+    );
 
     // An event removed: a gap in the numbers.
     let mut removed = good.clone();
@@ -2736,7 +2803,10 @@ fn the_chain_detects_altered_removed_and_reordered_events() {
     for (i, e) in removed.iter_mut().enumerate() {
         e.seq = i as i64 + 1;
     }
-    assert_eq!(verify(&removed), Err(ChainError::BrokenLink { seq: 6, prev: 5 }));
+    assert_eq!(
+        verify(&removed),
+        Err(ChainError::BrokenLink { seq: 6, prev: 5 })
+    );
     // The last event removed cannot be seen by the chain alone: the case row's last hash
     // catches it (this is why the store keeps `last_seq`/`last_hash`).
     let truncated = &good[..good.len() - 1];
@@ -2755,7 +2825,10 @@ fn the_chain_detects_altered_removed_and_reordered_events() {
     // Swapped and renumbered.
     swapped[6].seq = 7;
     swapped[7].seq = 8;
-    assert_eq!(verify(&swapped), Err(ChainError::BrokenLink { seq: 7, prev: 6 }));
+    assert_eq!(
+        verify(&swapped),
+        Err(ChainError::BrokenLink { seq: 7, prev: 6 })
+    );
 
     let err = verify(&altered).unwrap_err();
     assert_eq!(err.seq(), 5);
@@ -2896,7 +2969,8 @@ fn replay_diverges_when_the_rule_module_changed() {
     }
 
     // A new source that computes the same thing still diverges: the hash is recorded.
-    const RULE_V3: &str = "fn frais(montant) {\n  // même calcul, autre texte\n  montant / 100\n}\n";
+    const RULE_V3: &str =
+        "fn frais(montant) {\n  // même calcul, autre texte\n  montant / 100\n}\n";
     let same_result = w.compile_with_rules(&[("tarifs", RULE_V3)]);
     let mut repinned = run.history.clone();
     if let Event::CaseStarted { pins, .. } = &mut repinned[0].event {

@@ -404,7 +404,10 @@ impl Connector for Hanging {
         vec!["send".into()]
     }
     async fn call(&self, effect: &EffectRequest) -> Result<Value, ConnectorError> {
-        self.keys.lock().unwrap().push(effect.idempotency_key.clone());
+        self.keys
+            .lock()
+            .unwrap()
+            .push(effect.idempotency_key.clone());
         self.calls.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
@@ -500,8 +503,7 @@ async fn history(engine: &Engine, case_id: &str) -> Vec<RecordedEvent> {
         .map(|h| RecordedEvent {
             seq: h.seq,
             at: DateTime::<Utc>::from_timestamp_millis(h.at).unwrap(),
-            event: Event::from_parts(&h.kind, &serde_json::from_str(&h.payload).unwrap())
-                .unwrap(),
+            event: Event::from_parts(&h.kind, &serde_json::from_str(&h.payload).unwrap()).unwrap(),
         })
         .collect()
 }
@@ -536,7 +538,10 @@ async fn check_all_cases(engine: &Engine, sms: &[Arc<RecordingConnector>]) {
         }))
         .unwrap_or_else(|e| panic!("case {}: {e}", rec.id));
         assert_eq!(rows.last().map(|h| h.seq), Some(rec.last_seq));
-        assert_eq!(rows.last().map(|h| h.hash.clone()), Some(rec.last_hash.clone()));
+        assert_eq!(
+            rows.last().map(|h| h.hash.clone()),
+            Some(rec.last_hash.clone())
+        );
         let events = history(engine, &rec.id).await;
         let program = engine.programs().for_case(rec).await.unwrap();
         let state = replay(&program, &rec.id, &events)
@@ -612,7 +617,13 @@ fn a_case_runs_to_completion_with_each_effect_performed_once(db: &Db) {
             json!({"to": "+2250700000000", "texte": "Bonjour Awa"})
         );
         // The outbox is empty once the result is recorded.
-        assert!(n.engine.store().pending_effects(None, 0).await.unwrap().is_empty());
+        assert!(n
+            .engine
+            .store()
+            .pending_effects(None, 0)
+            .await
+            .unwrap()
+            .is_empty());
 
         // An input that does not fit is refused and records nothing.
         let err = n
@@ -621,7 +632,15 @@ fn a_case_runs_to_completion_with_each_effect_performed_once(db: &Db) {
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Rejected(_)), "{err}");
-        assert_eq!(n.engine.store().list_cases(&CaseFilter::default()).await.unwrap().len(), 1);
+        assert_eq!(
+            n.engine
+                .store()
+                .list_cases(&CaseFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         check_all_cases(&n.engine, &[n.sms.clone()]).await;
     });
 }
@@ -633,7 +652,11 @@ fn an_event_reaches_only_the_correlated_waiting_case(db: &Db) {
         for f in ["F-1", "F-2"] {
             let a = n
                 .engine
-                .start_case("paiement", json!({"facture": f, "tel": "+2250700000009"}), None)
+                .start_case(
+                    "paiement",
+                    json!({"facture": f, "tel": "+2250700000009"}),
+                    None,
+                )
                 .await
                 .unwrap();
             assert_eq!(a.status, "waiting");
@@ -670,8 +693,17 @@ fn an_event_reaches_only_the_correlated_waiting_case(db: &Db) {
         wait_status(&n.engine, &ids[1], "completed").await;
         let first = n.engine.store().case(&ids[0]).await.unwrap().unwrap();
         assert_eq!(first.status, "waiting");
-        assert_eq!(n.engine.store().waits_of_case(&ids[0]).await.unwrap().len(), 1);
-        assert!(n.engine.store().waits_of_case(&ids[1]).await.unwrap().is_empty());
+        assert_eq!(
+            n.engine.store().waits_of_case(&ids[0]).await.unwrap().len(),
+            1
+        );
+        assert!(n
+            .engine
+            .store()
+            .waits_of_case(&ids[1])
+            .await
+            .unwrap()
+            .is_empty());
         // Delivered again: nobody waits any more.
         assert!(n
             .engine
@@ -706,7 +738,13 @@ fn a_timer_fires_when_the_clock_passes_it(db: &Db) {
         n.clock.advance(chrono::Duration::minutes(30));
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(
-            n.engine.store().case(&a.case_id).await.unwrap().unwrap().status,
+            n.engine
+                .store()
+                .case(&a.case_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
             "waiting"
         );
         assert!(n.sms.calls().is_empty());
@@ -771,12 +809,20 @@ fn a_task_decided_moves_the_case_on(db: &Db) {
 
         let applied = n
             .engine
-            .decide_task(&task.id, "valider", json!({"commentaire": "complet"}), "ama")
+            .decide_task(
+                &task.id,
+                "valider",
+                json!({"commentaire": "complet"}),
+                "ama",
+            )
             .await
             .unwrap();
         assert!(applied.recorded);
         let rec = wait_status(&n.engine, &a.case_id, "completed").await;
-        assert_eq!(serde_json::from_str::<Value>(&rec.data).unwrap()["decision"]["by"], "ama");
+        assert_eq!(
+            serde_json::from_str::<Value>(&rec.data).unwrap()["decision"]["by"],
+            "ama"
+        );
         let task = n.engine.store().task(&task.id).await.unwrap().unwrap();
         assert_eq!(task.status, "completed");
         assert_eq!(task.completed_by.as_deref(), Some("ama"));
@@ -804,7 +850,11 @@ fn cancel_runs_the_compensations(db: &Db) {
             .unwrap();
         // The debit is performed, then the case waits for a confirmation.
         wait_status(&n.engine, &a.case_id, "waiting").await;
-        let applied = n.engine.cancel(&a.case_id, "le client renonce", "ops").await.unwrap();
+        let applied = n
+            .engine
+            .cancel(&a.case_id, "le client renonce", "ops")
+            .await
+            .unwrap();
         assert!(applied.recorded);
         wait_status(&n.engine, &a.case_id, "cancelled").await;
         let what: Vec<Value> = n
@@ -815,18 +865,42 @@ fn cancel_runs_the_compensations(db: &Db) {
             .collect();
         assert_eq!(what, vec![json!("debit"), json!("remboursement")]);
         let kinds = kinds(&n.engine, &a.case_id).await;
-        let tail: Vec<&str> = kinds.iter().rev().take(4).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = kinds
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             tail,
-            vec!["effect_completed", "step_completed", "compensated", "case_cancelled"]
+            vec![
+                "effect_completed",
+                "step_completed",
+                "compensated",
+                "case_cancelled"
+            ]
         );
         assert!(kinds.contains(&"compensation_started".to_string()));
         // The wait is gone; a second cancel is refused.
-        assert!(n.engine.store().waits_of_case(&a.case_id).await.unwrap().is_empty());
-        let err = n.engine.cancel(&a.case_id, "encore", "ops").await.unwrap_err();
+        assert!(n
+            .engine
+            .store()
+            .waits_of_case(&a.case_id)
+            .await
+            .unwrap()
+            .is_empty());
+        let err = n
+            .engine
+            .cancel(&a.case_id, "encore", "ops")
+            .await
+            .unwrap_err();
         assert!(matches!(err, RuntimeError::Rejected(_)), "{err}");
         assert!(matches!(
-            n.engine.cancel("pas-un-dossier", "x", "ops").await.unwrap_err(),
+            n.engine
+                .cancel("pas-un-dossier", "x", "ops")
+                .await
+                .unwrap_err(),
             RuntimeError::UnknownCase(_)
         ));
         check_all_cases(&n.engine, &[n.sms.clone()]).await;
@@ -836,13 +910,11 @@ fn cancel_runs_the_compensations(db: &Db) {
 fn a_sub_workflow_call_completes_the_parent(db: &Db) {
     runtime().block_on(async {
         let n = node(db).await;
-        let done = tokio::time::timeout(
-            DEADLINE,
-            n.engine.run_case("parent", json!({"nom": "Awa"})),
-        )
-        .await
-        .expect("the parent ends in time")
-        .unwrap();
+        let done =
+            tokio::time::timeout(DEADLINE, n.engine.run_case("parent", json!({"nom": "Awa"})))
+                .await
+                .expect("the parent ends in time")
+                .unwrap();
         assert_eq!(done.status, CaseStatus::Completed);
         assert_eq!(done.output, json!({"salutation": "Bonjour Awa"}));
         let cases = n
@@ -865,7 +937,13 @@ fn a_sub_workflow_call_completes_the_parent(db: &Db) {
             Event::ChildFinished { child: c, status, .. } if *c == child.id && status == "completed"
         )));
         // The parent's notification went through the outbox and left it.
-        assert!(n.engine.store().pending_effects(None, 0).await.unwrap().is_empty());
+        assert!(n
+            .engine
+            .store()
+            .pending_effects(None, 0)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(n.sms.calls().len(), 1);
         check_all_cases(&n.engine, &[n.sms.clone()]).await;
     });
@@ -907,7 +985,11 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
         let hanging = Arc::new(Hanging::default());
         let engine = start_with(db, clock.clone(), hanging.clone()).await;
         let a = engine
-            .start_case("envoi", json!({"tel": "+2250700000000", "nom": "Awa"}), None)
+            .start_case(
+                "envoi",
+                json!({"tel": "+2250700000000", "nom": "Awa"}),
+                None,
+            )
             .await
             .unwrap();
         wait_until("the effect to reach the connector", || {
@@ -918,7 +1000,16 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
         let pending = engine.store().pending_effects(None, 0).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].key, key);
-        assert_eq!(engine.store().case(&a.case_id).await.unwrap().unwrap().status, "running");
+        assert_eq!(
+            engine
+                .store()
+                .case(&a.case_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "running"
+        );
         (a.case_id, key)
     });
     first.shutdown_timeout(Duration::from_secs(2));
@@ -944,8 +1035,17 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
                 _ => None,
             })
             .collect();
-        assert_eq!(requested, vec![key.as_str()], "the effect is requested once");
-        assert!(engine.store().pending_effects(None, 0).await.unwrap().is_empty());
+        assert_eq!(
+            requested,
+            vec![key.as_str()],
+            "the effect is requested once"
+        );
+        assert!(engine
+            .store()
+            .pending_effects(None, 0)
+            .await
+            .unwrap()
+            .is_empty());
         check_all_cases(&engine, &[sms.clone()]).await;
     });
 }
