@@ -48,7 +48,10 @@ fn dossier() -> Command {
 }
 
 fn pseudo_random(max: u64) -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7) as u64;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(7) as u64;
     (nanos / 1000) % max
 }
 
@@ -76,9 +79,20 @@ fn crash_run(db: &str, dir: &Path) {
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        assert!(Instant::now() < deadline, "the cases did not finish in time");
+        assert!(
+            Instant::now() < deadline,
+            "the cases did not finish in time"
+        );
         let mut child = dossier()
-            .args(["--project", &project, "work", "--until-idle", "--db", db, "--journal"])
+            .args([
+                "--project",
+                &project,
+                "work",
+                "--until-idle",
+                "--db",
+                db,
+                "--journal",
+            ])
             .arg(&journal)
             .stdout(Stdio::null())
             .spawn()
@@ -111,22 +125,39 @@ fn crash_run(db: &str, dir: &Path) {
         }
     }
     eprintln!("{db}: {kills} kill -9 during the run");
-    assert!(kills >= 3, "the run ended before it could be killed enough times ({kills}); raise CASES");
+    assert!(
+        kills >= 3,
+        "the run ended before it could be killed enough times ({kills}); raise CASES"
+    );
 }
 
 async fn verify(store: &dyn Store, journal: &Path) {
     let cases = store
-        .list_cases(&dossier_store::CaseFilter { workflow_id: Some("crash_test".into()), ..Default::default() })
+        .list_cases(&dossier_store::CaseFilter {
+            workflow_id: Some("crash_test".into()),
+            ..Default::default()
+        })
         .await
         .expect("list cases");
-    assert_eq!(cases.len(), CASES as usize, "every started case is in the database");
+    assert_eq!(
+        cases.len(),
+        CASES as usize,
+        "every started case is in the database"
+    );
     let mut requested = BTreeSet::new();
     for c in &cases {
         assert_eq!(c.status, "completed", "case {} is {}", c.id, c.status);
         let history = store.history(&c.id).await.expect("history");
-        dossier_core::chain::verify(
-            history.iter().map(|e| (e.seq, e.at, e.kind.as_str(), e.payload.as_str(), e.prev_hash.as_str(), e.hash.as_str())),
-        )
+        dossier_core::chain::verify(history.iter().map(|e| {
+            (
+                e.seq,
+                e.at,
+                e.kind.as_str(),
+                e.payload.as_str(),
+                e.prev_hash.as_str(),
+                e.hash.as_str(),
+            )
+        }))
         .unwrap_or_else(|e| panic!("case {}: {e}", c.id));
         let mut completed = BTreeSet::new();
         for e in &history {
@@ -136,7 +167,11 @@ async fn verify(store: &dyn Store, journal: &Path) {
                 "effect_requested" => {
                     requested.insert(key);
                 }
-                "effect_completed" => assert!(completed.insert(key.clone()), "case {}: {key} completed twice", c.id),
+                "effect_completed" => assert!(
+                    completed.insert(key.clone()),
+                    "case {}: {key} completed twice",
+                    c.id
+                ),
                 _ => {}
             }
         }
@@ -155,9 +190,18 @@ async fn verify(store: &dyn Store, journal: &Path) {
     }
     assert_eq!(requested.len(), CASES as usize * 4);
     for key in &requested {
-        assert_eq!(performed.get(key), Some(&1), "effect {key} performed {:?} times", performed.get(key));
+        assert_eq!(
+            performed.get(key),
+            Some(&1),
+            "effect {key} performed {:?} times",
+            performed.get(key)
+        );
     }
-    assert_eq!(performed.len(), requested.len(), "no effect outside the histories was performed");
+    assert_eq!(
+        performed.len(),
+        requested.len(),
+        "no effect outside the histories was performed"
+    );
     eprintln!("{} effects performed exactly once; {redelivered} redeliveries after kills were deduplicated by key", requested.len());
 }
 
@@ -168,32 +212,48 @@ fn kill_9_on_sqlite_loses_nothing_and_repeats_no_effect() {
     crash_run(&db, dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = dossier_store::sqlite::SqliteStore::open(Path::new(&db)).await.expect("open");
+        let store = dossier_store::sqlite::SqliteStore::open(Path::new(&db))
+            .await
+            .expect("open");
         verify(&store, &dir.path().join("journal.jsonl")).await;
     });
 }
 
 #[test]
 fn kill_9_on_postgres_loses_nothing_and_repeats_no_effect() {
-    let admin = std::env::var("DOSSIER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("DOSSIER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("dossier_crash_{}", std::process::id());
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin.clone());
     let url = format!("{base}/{name}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         use sqlx::{Connection, Executor};
-        let mut c = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL must be running for this test");
-        c.execute(format!("DROP DATABASE IF EXISTS {name}").as_str()).await.expect("drop");
-        c.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create");
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must be running for this test");
+        c.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+            .await
+            .expect("drop");
+        c.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create");
     });
     let dir = project();
     crash_run(&url, dir.path());
     rt.block_on(async {
-        let store = dossier_store::postgres::PgStore::connect(&url).await.expect("open");
+        let store = dossier_store::postgres::PgStore::connect(&url)
+            .await
+            .expect("open");
         verify(&store, &dir.path().join("journal.jsonl")).await;
         store.close().await;
         use sqlx::{Connection, Executor};
         let mut c = sqlx::PgConnection::connect(&admin).await.expect("admin");
-        c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.expect("drop");
+        c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await
+            .expect("drop");
     });
 }

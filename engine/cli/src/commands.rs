@@ -364,7 +364,10 @@ async fn engine(
     let registry = registry(journal)?;
     let project = Arc::new(load_with(root, &registry)?);
     let store = crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?;
-    let config = EngineConfig { workers, ..EngineConfig::default() };
+    let config = EngineConfig {
+        workers,
+        ..EngineConfig::default()
+    };
     Ok(Engine::start(store, project, registry, clock, config).await?)
 }
 
@@ -676,7 +679,9 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
     let mut cases = Vec::new();
     for (num, client, amount, currency, due_in_days, story) in invoices {
         // Due dates relative to today, so that the story holds whenever the demo runs.
-        let due = (clock.now() + chrono::TimeDelta::days(due_in_days)).format("%Y-%m-%d").to_string();
+        let due = (clock.now() + chrono::TimeDelta::days(due_in_days))
+            .format("%Y-%m-%d")
+            .to_string();
         let input = json!({
             "facture": num, "client": client, "telephone": "+2250700000000", "email": "compta@example.ci",
             "montant_ttc": amount.parse::<Value>().unwrap_or(Value::Null), "devise": currency, "echeance": due,

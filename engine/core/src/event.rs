@@ -178,6 +178,14 @@ pub enum Event {
         task: String,
         first_by: String,
     },
+    /// The second person of a four-eyes task chose another outcome: the task is open again.
+    TaskDecisionsDiffer {
+        task: String,
+        first_by: String,
+        first_outcome: String,
+        second_by: String,
+        second_outcome: String,
+    },
     /// A task's final decision; the case goes on along the outcome.
     TaskCompleted {
         task: String,
@@ -256,6 +264,7 @@ impl Event {
             Event::EventTimedOut { .. } => "event_timed_out",
             Event::TaskCreated { .. } => "task_created",
             Event::TaskAwaitingSecondDecision { .. } => "task_awaiting_second_decision",
+            Event::TaskDecisionsDiffer { .. } => "task_decisions_differ",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskReminded { .. } => "task_reminded",
             Event::TaskOverdue { .. } => "task_overdue",

@@ -14,7 +14,7 @@ use crate::program::{tera_message, ListId, NodeId, Program};
 use crate::{check_fields, Event, FieldError, ParentRef, TimerPurpose};
 
 /// Steps run in one transition before the case is declared stuck in a loop that never waits.
-const MAX_STEPS_PER_TRANSITION: usize = 10_000;
+const MAX_STEPS_PER_TRANSITION: usize = 100_000;
 
 /// What the runtime must do after a transition is committed.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +74,10 @@ pub enum Action {
         input: Value,
         parent: ParentRef,
     },
+    /// Cancel a sub-workflow case this case started and no longer waits for.
+    CancelChild {
+        child: String,
+    },
     /// The case ended; its parent (if any) must hear of it.
     Finished {
         status: CaseStatus,
@@ -113,7 +117,11 @@ pub enum Rejection {
 }
 
 fn list_fields(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| format!("`{}` {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(|e| format!("`{}` {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +191,8 @@ enum Pending {
     Task {
         thread: u32,
         timers: Vec<String>,
-        first: Option<String>,
+        /// The first decision of a four-eyes task: by, outcome, data.
+        first: Option<(String, String, Value)>,
     },
     Child {
         thread: u32,
@@ -209,7 +218,8 @@ pub struct CaseState {
     next_thread: u32,
     counter: u64,
     pending: BTreeMap<String, Pending>,
-    compensations: Vec<NodeId>,
+    /// Completed steps that have compensations, with the variables as they were then.
+    compensations: Vec<(NodeId, Map<String, Value>)>,
     ending: Option<Ending>,
 }
 
@@ -370,7 +380,7 @@ impl CaseState {
                 );
             }
             Event::TimerFired { ref timer } => {
-                let Some(p) = self.pending.get(timer).cloned() else {
+                let Some(p @ Pending::Timer { .. }) = self.pending.get(timer).cloned() else {
                     return Ok(Transition::default());
                 };
                 let timer = timer.clone();
@@ -428,7 +438,39 @@ impl CaseState {
                     (task.clone(), outcome.clone(), data.clone(), by.clone());
                 if spec.four_eyes {
                     match &first {
-                        Some(f) if *f == by => return Err(Rejection::FourEyes { by }),
+                        Some((f, _, _)) if *f == by => return Err(Rejection::FourEyes { by }),
+                        Some((first_by, first_outcome, _)) if *first_outcome != outcome => {
+                            // The second person does not confirm: both decisions are recorded and
+                            // the task starts over, open to a new first decision.
+                            tx.emit(input);
+                            tx.emit(Event::TaskDecisionsDiffer {
+                                task: task.clone(),
+                                first_by: first_by.clone(),
+                                first_outcome: first_outcome.clone(),
+                                second_by: by,
+                                second_outcome: outcome,
+                            });
+                            tx.act(Action::UpdateTask {
+                                task: task.clone(),
+                                status: "open".into(),
+                                role: None,
+                                by: None,
+                                outcome: None,
+                                data: None,
+                            });
+                            self.pending.insert(
+                                task,
+                                Pending::Task {
+                                    thread,
+                                    timers,
+                                    first: None,
+                                },
+                            );
+                            return Ok(Transition {
+                                events: tx.events,
+                                actions: tx.actions,
+                            });
+                        }
                         Some(_) => {}
                         None => {
                             tx.emit(input);
@@ -441,15 +483,15 @@ impl CaseState {
                                 status: "awaiting_second".into(),
                                 role: None,
                                 by: Some(by.clone()),
-                                outcome: Some(outcome),
-                                data: Some(data),
+                                outcome: Some(outcome.clone()),
+                                data: Some(data.clone()),
                             });
                             self.pending.insert(
                                 task,
                                 Pending::Task {
                                     thread,
                                     timers,
-                                    first: Some(by),
+                                    first: Some((by, outcome, data)),
                                 },
                             );
                             return Ok(Transition {
@@ -478,7 +520,7 @@ impl CaseState {
                     data: Some(data.clone()),
                 });
                 let mut decision = json!({"outcome": outcome, "data": data, "by": by});
-                if let Some(f) = first {
+                if let Some((f, _, _)) = first {
                     decision["first_by"] = Value::String(f);
                 }
                 self.set_result(&mut tx, node_id, decision);
@@ -754,7 +796,7 @@ impl CaseState {
             step: node.step.id.clone(),
         });
         if node.compensation.is_some() && !is_comp && self.ending.is_none() {
-            self.compensations.push(node_id);
+            self.compensations.push((node_id, self.vars.clone()));
         }
         let target = target
             .map(str::to_string)
@@ -878,7 +920,9 @@ impl CaseState {
                     });
                 }
                 // An effect already handed to a worker cannot be recalled; its result is ignored.
-                Pending::Effect { .. } | Pending::Child { .. } => {}
+                Pending::Effect { .. } => {}
+                // A sub-workflow case still running is cancelled too (its own compensations run).
+                Pending::Child { .. } => tx.act(Action::CancelChild { child: id }),
             }
         }
         self.threads.clear();
@@ -895,7 +939,10 @@ impl CaseState {
 
     fn next_compensation(&mut self, tx: &mut Tx) {
         match self.compensations.pop() {
-            Some(node) => {
+            Some((node, snapshot)) => {
+                // A compensation sees the variables as they were when its step completed (the
+                // room booked in that iteration, not the last one), over the current ones.
+                self.vars.extend(snapshot);
                 let list = tx
                     .prog
                     .node(node)
@@ -965,17 +1012,50 @@ impl CaseState {
 
     // ---- expressions ----
 
-    /// The variables expressions see: the case's variables plus `params`, `case`, `now`, `today`.
+    /// A variable every expression and template can read besides the case's own: `params`,
+    /// `dossier` (the case: id, business key, workflow; `case` in templates too, as `case` is a
+    /// reserved word of Rhai), `now`, `today`.
+    fn builtin(&self, tx: &Tx, name: &str) -> Option<Value> {
+        match name {
+            "params" => Some(tx.prog.params.clone()),
+            "dossier" | "case" => Some(json!({
+                "id": self.case_id, "business_key": self.business_key, "workflow": tx.prog.workflow.id,
+            })),
+            "now" => Some(Value::String(tx.ctx().now_text())),
+            "today" => Some(Value::String(tx.ctx().today_text())),
+            _ => None,
+        }
+    }
+
+    /// Every variable: the case's variables and the built-in ones.
     fn scope(&self, tx: &Tx) -> Map<String, Value> {
         let mut m = self.vars.clone();
-        m.insert("params".into(), tx.prog.params.clone());
-        m.insert(
-            "case".into(),
-            json!({"id": self.case_id, "business_key": self.business_key, "workflow": tx.prog.workflow.id}),
-        );
-        let ctx = tx.ctx();
-        m.insert("now".into(), Value::String(ctx.now_text()));
-        m.insert("today".into(), Value::String(ctx.today_text()));
+        for name in ["params", "dossier", "case", "now", "today"] {
+            if let Some(v) = self.builtin(tx, name) {
+                m.insert(name.to_string(), v);
+            }
+        }
+        m
+    }
+
+    /// The variables one expression reads. Cloning only these keeps an expression's cost
+    /// independent of the size of the case; when one is missing the whole scope is passed so
+    /// that the error can suggest a close name.
+    fn expr_scope(&self, tx: &Tx, expr: &dossier_rules::Expr) -> Map<String, Value> {
+        let mut m = Map::new();
+        for name in dossier_rules::expr_variables(expr) {
+            match self
+                .vars
+                .get(&name)
+                .cloned()
+                .or_else(|| self.builtin(tx, &name))
+            {
+                Some(v) => {
+                    m.insert(name, v);
+                }
+                None => return self.scope(tx),
+            }
+        }
         m
     }
 
@@ -984,7 +1064,7 @@ impl CaseState {
             .prog
             .expr(source)
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        let scope = self.scope(tx);
+        let scope = self.expr_scope(tx, &expr);
         tx.prog
             .rules
             .eval_expr(&expr, &scope, &tx.ctx())
@@ -996,7 +1076,7 @@ impl CaseState {
             .prog
             .expr(source)
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        let scope = self.scope(tx);
+        let scope = self.expr_scope(tx, &expr);
         tx.prog
             .rules
             .eval_bool(&expr, &scope, &tx.ctx())
@@ -1004,7 +1084,8 @@ impl CaseState {
     }
 
     fn tera_context(&self, tx: &Tx) -> tera::Context {
-        tera::Context::from_serialize(exact_decimals(Value::Object(self.scope(tx)))).unwrap_or_default()
+        tera::Context::from_serialize(exact_decimals(Value::Object(self.scope(tx))))
+            .unwrap_or_default()
     }
 
     fn render_inline(&self, tx: &Tx, text: &str) -> Result<String, StepError> {
@@ -1153,6 +1234,8 @@ impl CaseState {
                 });
                 tx.act(Action::StopAwaiting { wait });
                 let target = step.wait_event.as_ref().and_then(|w| w.on_timeout.clone());
+                // No event: the result variable holds nothing, not a previous round's payload.
+                self.set_result(tx, node_id, Value::Null);
                 self.advance(tx, thread, target.as_deref());
             }
             TimerPurpose::TaskReminder => {
@@ -1177,13 +1260,27 @@ impl CaseState {
                     escalated_to: escalate.clone(),
                 });
                 if let Some(role) = escalate {
+                    // Only the role changes: a four-eyes task keeps its first decision.
+                    let first = match self.pending.get(&task) {
+                        Some(Pending::Task { first, .. }) => first.clone(),
+                        _ => None,
+                    };
+                    let status = if first.is_some() {
+                        "awaiting_second"
+                    } else {
+                        "open"
+                    };
+                    let (by, outcome, data) = match first {
+                        Some((b, o, d)) => (Some(b), Some(o), Some(d)),
+                        None => (None, None, None),
+                    };
                     tx.act(Action::UpdateTask {
                         task,
-                        status: "open".into(),
+                        status: status.into(),
                         role: Some(role),
-                        by: None,
-                        outcome: None,
-                        data: None,
+                        by,
+                        outcome,
+                        data,
                     });
                 }
             }
@@ -1612,7 +1709,9 @@ fn exact_decimals(v: Value) -> Value {
     match v {
         Value::Number(n) if !(n.is_i64() || n.is_u64()) => Value::String(n.to_string()),
         Value::Array(a) => Value::Array(a.into_iter().map(exact_decimals).collect()),
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, exact_decimals(v))).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, v)| (k, exact_decimals(v))).collect())
+        }
         other => other,
     }
 }

@@ -715,6 +715,7 @@ impl Renderer<'_> {
             Action::Finished { status, output } => {
                 format!("finished {} {}", status.name(), js(output))
             }
+            Action::CancelChild { child } => format!("cancel_child {}", short(child)),
         }
     }
 }
@@ -832,39 +833,29 @@ output:
 
 #[test]
 fn the_case_variable_is_readable_in_expressions() {
-    // `scope()` documents that expressions see `case` (`{"id", "business_key", "workflow"}`),
-    // and templates do read it (`{{ case.id }}`, see the render test).
-    let w = wf(r#"
+    // `case` is a reserved word of Rhai: expressions read the case as `dossier` (templates may
+    // use either name).
+    wf(r#"
 id: dossier
 version: 1
 title: Dossier
 steps:
   - id: libelle
-    assign: { libelle: '"dossier " + case.id' }
+    assign: { libelle: '"dossier " + dossier.id' }
 output:
   libelle: libelle
-"#);
-    let parsed = dossier_model::parse_workflow("workflows/test.yaml", w.yaml).unwrap();
-    let pinned = Pinned {
-        workflow: parsed.workflow,
-        workflow_hash: content_hash(w.yaml),
-        rules: BTreeMap::new(),
-        templates: BTreeMap::new(),
-        workflows: BTreeMap::new(),
-    };
-    let compiled = Program::compile(pinned, Arc::new(Rules::default()));
-    // FIXME: `case` is a reserved word of Rhai, so the `case` variable that `scope()` puts in
-    // front of every expression can never be read: `case.id` does not even compile. Expected:
-    // the workflow compiles and the case completes with `{"libelle": "dossier c1"}` (the
-    // variable renamed, or `case` unreserved in the rules engine). This asserts the current
-    // behaviour.
-    match compiled {
-        Err(dossier_core::CoreError::Expression { expr, message }) => {
-            assert_eq!(expr, r#""dossier " + case.id"#);
-            assert!(message.contains("reserved"), "{message}");
-        }
-        other => panic!("the expression now compiles ({other:?}): turn this test around"),
-    }
+"#)
+    .run(json!({}), &[])
+    .check(expect![[r#"
+        @+PT0S start
+          1 case_started dossier v1 sha(workflow) pins=[] input={}
+          2 step_started libelle
+          3 variables_assigned libelle {"libelle":"dossier c1"}
+          4 step_completed libelle
+          5 case_completed {"libelle":"dossier c1"}
+              => finished completed {"libelle":"dossier c1"}
+        == completed vars={"libelle":"dossier c1"} output={"libelle":"dossier c1"}
+    "#]]);
 }
 
 #[test]
@@ -1085,7 +1076,7 @@ fn wait_event_timed_out_goes_to_on_timeout() {
                   => stop_awaiting c1:w1
                   => finished completed {"etat":"relancee"}
             @+P8D event_received c1:w1 paiement_recu {"facture":"F-7"} (ignored)
-            == completed vars={"etat":"relancee"} output={"etat":"relancee"}
+            == completed vars={"paiement":null,"etat":"relancee"} output={"etat":"relancee"}
         "#]]);
 }
 
@@ -1275,10 +1266,8 @@ fn four_eyes_second_person_must_confirm_the_first_outcome() {
             ),
         ],
     );
-    // FIXME: the machine accepts a second decision whose outcome differs from the first one
-    // and completes the task with the second person's outcome alone (`rejeter`, by bob, with
-    // `first_by: alice` who approved). Expected: the disagreement is refused (or at least not
-    // recorded as a four-eyes-confirmed outcome). This asserts the current behaviour.
+    // Bob does not confirm alice's outcome: both decisions are recorded and the task is open
+    // again, waiting for a new first decision.
     run.check(expect![[r#"
         @+PT0S start
           1 case_started virement v1 sha(workflow) pins=[] input={}
@@ -1291,12 +1280,9 @@ fn four_eyes_second_person_must_confirm_the_first_outcome() {
               => update_task f112ad92 awaiting_second by=alice outcome=approuver
         @+PT2H
           6 task_decided f112ad92 rejeter by=bob data={}
-          7 task_completed f112ad92 rejeter by=bob
-          8 step_completed approbation
-          9 case_completed {"approuve_par":"bob","premier":"alice"}
-              => update_task f112ad92 completed by=bob outcome=rejeter
-              => finished completed {"approuve_par":"bob","premier":"alice"}
-        == completed vars={"decision":{"outcome":"rejeter","data":{},"by":"bob","first_by":"alice"}} output={"approuve_par":"bob","premier":"alice"}
+          7 task_decisions_differ {"second_outcome":"rejeter","task":"f112ad92-0980-5233-99e4-3a201779eb77","first_by":"alice","first_outcome":"approuver","second_by":"bob"}
+              => update_task f112ad92 open
+        == waiting vars={} output=null
     "#]]);
 }
 
@@ -1334,12 +1320,8 @@ steps:
             ),
         ],
     );
-    // FIXME: the escalation of a four-eyes task that already has its first decision sends
-    // `update_task … open role=directeur` with no `by`/`outcome`: the task row goes back to
-    // `open` and (the store overwrites completed_by/outcome/data) loses alice's decision, while
-    // the machine still waits for a *second* person and refuses alice. Expected: the escalation
-    // keeps the status `awaiting_second` (only the role changes). This asserts the current
-    // behaviour.
+    // The escalation only moves the task: it stays `awaiting_second` with alice's decision,
+    // alice still cannot be the second person, and the director confirms.
     run.check(expect![[r#"
         @+PT0S start
           1 case_started virement_du v1 sha(workflow) pins=[] input={}
@@ -1355,7 +1337,7 @@ steps:
         @+P1D
           7 timer_fired c1:t2
           8 task_overdue f112ad92 escalated_to=directeur
-              => update_task f112ad92 open role=directeur
+              => update_task f112ad92 awaiting_second role=directeur by=alice outcome=approuver
         @+P1DT1H task_decided f112ad92 approuver by=alice data={} !! rejected: FourEyes { by: "alice" }
         @+P1DT2H
           9 task_decided f112ad92 approuver by=directeur_1 data={}
@@ -2318,11 +2300,7 @@ steps:
             ),
         ],
     );
-    // FIXME: `TimerFired` only checks that *something* is pending under that id: a timer firing
-    // with the id of a wait or an effect is recorded as an input that does nothing (a stray
-    // `timer_fired` event in the history) instead of being ignored like every other input aimed
-    // at the wrong pending item. Expected: `(ignored)` for the first two lines too. This asserts
-    // the current behaviour.
+    // Every input aimed at the wrong kind of pending item is ignored and recorded nowhere.
     run.check(expect![[r#"
         @+PT0S start
           1 case_started melange v1 sha(workflow) pins=[] input={}
@@ -2336,10 +2314,8 @@ steps:
               => create_task f112ad92 role=agent
               => await c1:w2 signal {}
               => perform c1:envoi#3 sms.send attempt=1
-        @+PT1S
-          9 timer_fired c1:w2
-        @+PT1S
-         10 timer_fired c1:envoi#3
+        @+PT1S timer_fired c1:w2 (ignored)
+        @+PT1S timer_fired c1:envoi#3 (ignored)
         @+PT1S effect_completed c1:w2 {} (ignored)
         @+PT1S event_received c1:envoi#3 signal {} (ignored)
         == running vars={} output=null
@@ -2347,10 +2323,9 @@ steps:
 }
 
 #[test]
-fn a_wait_event_that_times_out_in_a_loop_keeps_the_previous_result() {
-    // Doubtful: the model says that on timeout the case goes on "with the result variable
-    // unset"; it is not set by this wait, but still holds the payload of an earlier round, so
-    // the workflow cannot tell a timeout from a second reception.
+fn a_wait_event_that_times_out_in_a_loop_clears_the_previous_result() {
+    // On timeout the result variable is emptied (null), so that a workflow looping on a wait
+    // tells a timeout from a second reception.
     wf(r#"
 id: tours
 version: 1
@@ -2419,17 +2394,17 @@ output:
          26 step_started encore
          27 branch_taken encore arm=none -> end
          28 step_completed encore
-         29 case_completed {"tours":2,"dernier":{"n":1}}
+         29 case_completed {"tours":2,"dernier":null}
               => stop_awaiting c1:w3
-              => finished completed {"tours":2,"dernier":{"n":1}}
-        == completed vars={"tours":2,"recu":{"n":1}} output={"tours":2,"dernier":{"n":1}}
+              => finished completed {"tours":2,"dernier":null}
+        == completed vars={"tours":2,"recu":null} output={"tours":2,"dernier":null}
     "#]]);
 }
 
 #[test]
-fn cancel_while_a_child_runs_leaves_the_child_alone() {
-    // Doubtful: cancelling (or failing) a parent drops its pending child without any action:
-    // the child case runs on, and its `child_finished` is ignored by the parent.
+fn cancel_while_a_child_runs_cancels_the_child() {
+    // Cancelling (or failing) a parent cancels its running child case (whose own compensations
+    // run); the child's later `child_finished` is ignored by the parent.
     wf(CALL)
         .sub("calcul_frais")
         .run(
@@ -2448,6 +2423,7 @@ fn cancel_while_a_child_runs_leaves_the_child_alone() {
             @+PT1M
               4 cancel_requested "abandon" by=operateur
               5 case_cancelled "abandon"
+                  => cancel_child f112ad92
                   => finished cancelled "abandon"
             @+PT1H child_finished f112ad92 completed {"frais":7} (ignored)
             == cancelled vars={} output="abandon"
@@ -2497,11 +2473,8 @@ steps:
             _ => None,
         })
         .collect();
-    // FIXME: a compensation runs with the case variables as they are at the end, not as they
-    // were when its step completed: both `liberer` compensations see `salle = "B2"` (the last
-    // item) and room A1 is never freed while B2 is freed twice. Expected: `["B2", "A1"]`
-    // (reverse order, each with its own item). This asserts the current behaviour.
-    assert_eq!(freed, vec![json!("B2"), json!("B2")]);
+    // Reverse order, each compensation with the variables of its own iteration.
+    assert_eq!(freed, vec![json!("B2"), json!("A1")]);
     run.check(expect![[r#"
         @+PT0S start
           1 case_started reservations v1 sha(workflow) pins=[] input={"salles":["A1","B2"]}
@@ -2534,7 +2507,7 @@ steps:
          20 step_completed liberer
          21 compensated reserver
          22 step_started liberer
-         23 effect_requested liberer c1:liberer#4 agenda.liberer attempt=1 {"salle":"B2"}
+         23 effect_requested liberer c1:liberer#4 agenda.liberer attempt=1 {"salle":"A1"}
               => settled c1:liberer#3
               => perform c1:liberer#4 agenda.liberer attempt=1
         @+PT4M
@@ -2544,7 +2517,7 @@ steps:
          27 case_failed "step `paiement` failed: paiement refusé"
               => settled c1:liberer#4
               => finished failed "step `paiement` failed: paiement refusé"
-        == failed vars={"salle":"B2","salle_index":1} output="step `paiement` failed: paiement refusé"
+        == failed vars={"salle":"A1","salle_index":0} output="step `paiement` failed: paiement refusé"
     "#]]);
 }
 
@@ -2562,18 +2535,18 @@ steps:
     .run(json!({}), &[]);
     let state = run.state.as_ref().unwrap();
     assert_eq!(state.status_name(), "failed");
-    // 10,000 steps of three events each, the case_started and the case_failed.
-    assert_eq!(run.history.len(), 30_002);
+    // 100,000 steps of three events each, the case_started and the case_failed.
+    assert_eq!(run.history.len(), 300_002);
     run.check(expect![[r#"
         @+PT0S start
           1 case_started boucle_infinie v1 sha(workflow) pins=[] input={}
           2 step_started tour
           3 variables_assigned tour {"x":1}
           4 step_completed tour
-            … these 3 lines 10000 times in all, up to event 30001
-        30002 case_failed "the case ran 10000 steps without waiting: a loop of jumps never reaches a wait or an end"
-              => finished failed "the case ran 10000 steps without waiting: a loop of jumps never reaches a wait or an end"
-        == failed vars={"x":1} output="the case ran 10000 steps without waiting: a loop of jumps never reaches a wait or an end"
+            … these 3 lines 100000 times in all, up to event 300001
+        300002 case_failed "the case ran 100000 steps without waiting: a loop of jumps never reaches a wait or an end"
+              => finished failed "the case ran 100000 steps without waiting: a loop of jumps never reaches a wait or an end"
+        == failed vars={"x":1} output="the case ran 100000 steps without waiting: a loop of jumps never reaches a wait or an end"
     "#]]);
 }
 
@@ -2608,18 +2581,10 @@ output:
     assert_eq!(state.status_name(), "completed");
     assert_eq!(state.output, json!({"dernier": 3999}));
 
-    // 5,000 items (the rules engine accepts lists of up to 10,000): a finite list, no jump at
-    // all, yet the case fails as "a loop of jumps".
-    let state = start(5000);
-    // FIXME: the step limit meant to stop jump loops that never wait also stops a finite
-    // for_each of 5,000 items (each iteration counts twice), with a message blaming "a loop of
-    // jumps". Expected: the case completes with `{"dernier": 4999}` (the limit counting jumps
-    // back, or scaled to the work). This asserts the current behaviour.
-    assert_eq!(state.status_name(), "failed");
-    assert_eq!(
-        state.output,
-        json!("the case ran 10000 steps without waiting: a loop of jumps never reaches a wait or an end")
-    );
+    // 10,000 items, the longest list the rules engine builds: 20,001 steps, under the limit.
+    let state = start(10_000);
+    assert_eq!(state.status_name(), "completed");
+    assert_eq!(state.output, json!({"dernier": 9999}));
 }
 
 #[test]

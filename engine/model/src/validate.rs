@@ -41,7 +41,7 @@ pub trait Catalog {
 }
 
 /// Variables every expression of a case may read.
-pub const BUILTIN_VARIABLES: &[&str] = &["input", "params", "now", "today", "case", "error"];
+pub const BUILTIN_VARIABLES: &[&str] = &["input", "params", "now", "today", "dossier", "error"];
 
 /// The kinds of step, as written in the file.
 const KIND_NAMES: &[&str] = &[

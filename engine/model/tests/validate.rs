@@ -460,7 +460,7 @@ output:
             workflows/test.yaml:14:14: error: expression `(input.montant * (1 + params.taux)` does not compile: expecting `)` to close `(` (position 1)
               hint: fix the Rhai expression; text values need quotes inside it, e.g. `statut == "payee"`
             workflows/test.yaml:15:15: error: unknown variable `payé`
-              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"payé"`); known here: `case`, `error`, `frais`, `input`, `now`, `params`, `rang`, `statut`, `texte`, `today`, `total`
+              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"payé"`); known here: `dossier`, `error`, `frais`, `input`, `now`, `params`, `rang`, `statut`, `texte`, `today`, `total`
             workflows/test.yaml:16:14: error: the input has no field `montnt`
               hint: did you mean `montant`?
             workflows/test.yaml:16:14: error: there is no parameter `tau`
@@ -470,7 +470,7 @@ output:
             workflows/test.yaml:26:15: error: unknown variable `totl`
               hint: did you mean `total`?
             workflows/test.yaml:30:9: error: unknown variable `etat`
-              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"etat"`); known here: `case`, `error`, `frais`, `input`, `now`, `params`, `rang`, `statut`, `texte`, `today`, `total`
+              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"etat"`); known here: `dossier`, `error`, `frais`, `input`, `now`, `params`, `rang`, `statut`, `texte`, `today`, `total`
         "#]],
     );
 }
@@ -556,7 +556,7 @@ steps:
             workflows/test.yaml:15:23: error: `30` is a number, not a duration: the unit is missing
               hint: write an ISO 8601 duration such as `P7D` (7 days), `PT2H` (2 hours), `PT30M` (30 minutes) or `P1M` (1 month)
             workflows/test.yaml:19:23: error: unknown variable `delai_relance`
-              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"delai_relance"`); known here: `case`, `error`, `input`, `now`, `params`, `today`
+              hint: set it first with `assign` or a step's `result`, or quote it if it is text (`"delai_relance"`); known here: `dossier`, `error`, `input`, `now`, `params`, `today`
             workflows/test.yaml:21:28: error: a wait has either `duration` or `until`, not both
               hint: keep one of them; to wait for the earlier of two moments, compute it in an `assign` step
             workflows/test.yaml:23:5: error: the wait says neither how long nor until when
@@ -696,7 +696,7 @@ steps:
     with:
       facture: '"F-1"'
       commentaire: '"urgent"'
-    result: dossier
+    result: suivi
 "#,
         expect![[r#"
             workflows/test.yaml:7:11: error: there is no workflow `recouvrement_contentieu`

@@ -171,7 +171,7 @@ pub fn case_write(
                 data: data.as_ref().map(|d| d.to_string()),
             }),
             // Started and notified by the driver, which needs other cases' programs.
-            Action::StartChild { .. } | Action::Finished { .. } => {}
+            Action::StartChild { .. } | Action::CancelChild { .. } | Action::Finished { .. } => {}
         }
     }
     // An effect requested and settled in the same transition never reaches the outbox.

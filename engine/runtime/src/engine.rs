@@ -27,6 +27,8 @@ use crate::{Clock, Result, RuntimeError};
 
 /// The connector name of the internal effect that tells a parent case its child ended.
 const PARENT_CONNECTOR: &str = "_parent";
+/// The connector name of the internal effect that cancels a sub-workflow case.
+const CHILD_CONNECTOR: &str = "_child";
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -111,6 +113,8 @@ struct Staged {
     case_id: String,
     cached: Option<Cached>,
     actions: Vec<Action>,
+    /// Internal effects written with the transition, dispatched after the commit.
+    internal: Vec<EffectRecord>,
     reply: Option<oneshot::Sender<Result<Applied>>>,
     applied: Applied,
     /// The command, to run again if the batch fails on a conflict.
@@ -460,7 +464,9 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
                         }
                     }
                 }
-                inner.queued.fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
+                inner
+                    .queued
+                    .fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
             }
         }
     }
@@ -606,6 +612,11 @@ async fn prepare(
                 }
                 Err(r) => {
                     cache.put(case_id, cached);
+                    // A refused internal message (cancelling a child that already ended) must
+                    // still leave the outbox, or it would be sent again at every start.
+                    if let Some(w) = cleanup_write(&cleanup) {
+                        batch.writes.push(w);
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(RuntimeError::Rejected(r)));
                     }
@@ -613,6 +624,18 @@ async fn prepare(
             }
         }
     }
+}
+
+/// The rows an input's cleanup removes, when there are any.
+fn cleanup_write(cleanup: &Cleanup) -> Option<CaseWrite> {
+    if cleanup.effect.is_none() && cleanup.timer.is_none() {
+        return None;
+    }
+    Some(CaseWrite {
+        effects_done: cleanup.effect.iter().cloned().collect(),
+        timers_done: cleanup.timer.iter().cloned().collect(),
+        ..CaseWrite::default()
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -652,23 +675,39 @@ async fn stage(
         }
     }
     let mut children = Vec::new();
+    // Messages between a case and its sub-workflows are durable effects of our own: they sit in
+    // the outbox in the same transaction and survive a crash.
+    let mut internal = Vec::new();
+    let internal_effect = |key: String, step: &str, connector: &str, request: Value| EffectRecord {
+        key,
+        case_id: case_id.clone(),
+        step: step.to_string(),
+        connector: connector.into(),
+        operation: "notify".into(),
+        request: request.to_string(),
+        attempt: 1,
+        timeout_ms: None,
+        created_at: now.timestamp_millis(),
+    };
     for a in &transition.actions {
         match a {
             Action::Finished { status, output } => {
                 if let Some(parent) = &cached.state.parent {
-                    // Telling the parent is itself a durable effect: it survives a crash.
-                    write.effects_new.push(EffectRecord {
-                        key: format!("{case_id}:notify-parent"),
-                        case_id: case_id.clone(),
-                        step: parent.step.clone(),
-                        connector: PARENT_CONNECTOR.into(),
-                        operation: "notify".into(),
-                        request: json!({"parent": parent.case_id, "status": status.name(), "output": output}).to_string(),
-                        attempt: 1,
-                        timeout_ms: None,
-                        created_at: now.timestamp_millis(),
-                    });
+                    internal.push(internal_effect(
+                        format!("{case_id}:notify-parent"),
+                        &parent.step,
+                        PARENT_CONNECTOR,
+                        json!({"parent": parent.case_id, "status": status.name(), "output": output}),
+                    ));
                 }
+            }
+            Action::CancelChild { child } => {
+                internal.push(internal_effect(
+                    format!("{child}:cancel"),
+                    "",
+                    CHILD_CONNECTOR,
+                    json!({"child": child}),
+                ));
             }
             Action::StartChild {
                 child,
@@ -687,6 +726,7 @@ async fn stage(
             _ => {}
         }
     }
+    write.effects_new.extend(internal.iter().cloned());
     let status = cached.state.status_name().to_string();
     let has_write = write != CaseWrite::default();
     if has_write {
@@ -696,6 +736,7 @@ async fn stage(
         case_id: case_id.clone(),
         cached: Some(Cached { head, ..cached }),
         actions: transition.actions,
+        internal,
         reply,
         applied: Applied {
             case_id,
@@ -800,21 +841,6 @@ fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime
                     }
                 }
                 Action::Finished { status, output } => {
-                    if let Some(parent) = &s.cached.as_ref().and_then(|c| c.state.parent.clone()) {
-                        dispatch_effect(
-                            inner,
-                            EffectJob {
-                                key: format!("{}:notify-parent", s.case_id),
-                                case_id: s.case_id.clone(),
-                                step: parent.step.clone(),
-                                connector: PARENT_CONNECTOR.into(),
-                                operation: "notify".into(),
-                                request: json!({"parent": parent.case_id, "status": status.name(), "output": output}),
-                                attempt: 1,
-                                timeout_ms: None,
-                            },
-                        );
-                    }
                     let waiters = lock(&inner.waiters).remove(&s.case_id).unwrap_or_default();
                     for w in waiters {
                         let _ = w.send(Finished {
@@ -826,6 +852,9 @@ fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime
                 }
                 _ => {}
             }
+        }
+        for e in &s.internal {
+            dispatch_effect(inner, effect_job(e));
         }
         if let Some(c) = s.cached {
             if c.state.status == CaseStatus::Running {
@@ -877,6 +906,31 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
     let inner = inner.clone();
     tokio::spawn(async move {
         let key = job.key.clone();
+        if job.connector == CHILD_CONNECTOR {
+            let child = job.request["child"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let event = Event::CancelRequested {
+                reason: "the parent case ended".into(),
+                by: "dossier".into(),
+            };
+            lock(&inner.effects_in_flight).remove(&key);
+            let cleanup = Cleanup {
+                effect: Some(key),
+                timer: None,
+            };
+            submit(
+                &inner,
+                Command::Input {
+                    case_id: child,
+                    event,
+                    cleanup,
+                    reply: None,
+                },
+            );
+            return;
+        }
         if job.connector == PARENT_CONNECTOR {
             let parent = job.request["parent"]
                 .as_str()

@@ -335,6 +335,18 @@ impl<'p> Simulation<'p> {
                         }
                     }
                 }
+                Action::CancelChild { child } => {
+                    let event = Event::CancelRequested {
+                        reason: "the parent case ended".into(),
+                        by: "dossier".into(),
+                    };
+                    if let Some(case) = self.cases.get_mut(&child) {
+                        // A child that already ended refuses: nothing to cancel.
+                        if let Ok(t) = case.state.handle(&case.program, event, self.now) {
+                            self.apply(&child, t);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -392,7 +404,9 @@ impl<'p> Simulation<'p> {
                         },
                     );
                 }
-                Action::UpdateTask { task, status, role, .. } => {
+                Action::UpdateTask {
+                    task, status, role, ..
+                } => {
                     if status == "completed" || status == "cancelled" {
                         self.tasks.remove(&task);
                     } else if let (Some(role), Some(t)) = (role, self.tasks.get_mut(&task)) {
@@ -403,6 +417,7 @@ impl<'p> Simulation<'p> {
                 Action::EffectSettled { .. } => {}
                 other @ (Action::PerformEffect { .. }
                 | Action::StartChild { .. }
+                | Action::CancelChild { .. }
                 | Action::Finished { .. }) => self.effects.push_back((case_id.to_string(), other)),
             }
         }

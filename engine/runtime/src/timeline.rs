@@ -138,6 +138,9 @@ pub fn describe(e: &Event) -> String {
         Event::TaskAwaitingSecondDecision { first_by, .. } => {
             format!("  four eyes: {first_by} decided, a second person must confirm")
         }
+        Event::TaskDecisionsDiffer { first_by, first_outcome, second_by, second_outcome, .. } => format!(
+            "  four eyes: {second_by} chose {second_outcome}, {first_by} chose {first_outcome}: the task is open again"
+        ),
         Event::TaskCompleted { outcome, by, .. } => {
             format!("  task completed: {outcome} (by {by})")
         }
