@@ -46,12 +46,38 @@ pub struct BenchArgs {
     /// Cases in flight for the throughput measure.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Batches committing at once (see `EngineConfig::commits_in_flight`).
+    #[arg(long, default_value_t = EngineConfig::default().commits_in_flight)]
+    commits_in_flight: usize,
 }
 
 fn proc_status(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident memory of a fresh `dossier work` process on this database, after it settled.
+async fn worker_rss(project: &Path, url: &str) -> anyhow::Result<u64> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--project")
+        .arg(project)
+        .args(["work", "--db", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = child.id().context("the worker exited early")?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = text
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    child.kill().await?;
+    Ok(kib)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -125,14 +151,21 @@ async fn drop_db(db: Db) {
     }
 }
 
-async fn engine_on(project: &Arc<Project>, url: &str) -> anyhow::Result<Engine> {
+async fn engine_on(
+    project: &Arc<Project>,
+    url: &str,
+    commits_in_flight: usize,
+) -> anyhow::Result<Engine> {
     let store = crate::store::open(url).await?;
     Ok(Engine::start(
         store,
         project.clone(),
         Registry::with_builtins(),
         Arc::new(SystemClock),
-        EngineConfig::default(),
+        EngineConfig {
+            commits_in_flight,
+            ..EngineConfig::default()
+        },
     )
     .await?)
 }
@@ -202,7 +235,7 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
     for backend in &args.backends {
         // One case at a time.
         let db = fresh_db(backend, &args.pg, "single").await?;
-        let engine = engine_on(&project, &db.url).await?;
+        let engine = engine_on(&project, &db.url, args.commits_in_flight).await?;
         drive(&engine, 50.min(args.single), 1).await?;
         let (wall, lat) = drive(&engine, args.single, 1).await?;
         println!(
@@ -213,11 +246,12 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             ms(percentile(&lat, 0.99)),
             args.single
         );
+        engine.shutdown().await;
         drop(engine);
         drop_db(db).await;
 
         let db = fresh_db(backend, &args.pg, "many").await?;
-        let engine = engine_on(&project, &db.url).await?;
+        let engine = engine_on(&project, &db.url, args.commits_in_flight).await?;
         drive(&engine, 500.min(args.cases), args.inflight).await?;
         let (wall, lat) = drive(&engine, args.cases, args.inflight).await?;
         println!(
@@ -230,6 +264,7 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             args.cases,
             mib(proc_status("VmHWM:").unwrap_or(0))
         );
+        engine.shutdown().await;
         drop(engine);
         drop_db(db).await;
     }
@@ -240,7 +275,7 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             .map(String::as_str)
             .unwrap_or("sqlite");
         let db = fresh_db(backend, &args.pg, "timers").await?;
-        let engine = engine_on(&project, &db.url).await?;
+        let engine = engine_on(&project, &db.url, args.commits_in_flight).await?;
         let before = proc_status("VmRSS:").unwrap_or(0);
         let slots = Arc::new(Semaphore::new(256));
         let mut handles = Vec::with_capacity(args.timers);
@@ -272,7 +307,21 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             mib(after.saturating_sub(before)),
             waiting
         );
+        engine.shutdown().await;
         drop(engine);
+        // The steady state: a fresh engine process over these waiting cases, against one over an
+        // empty database.
+        let empty = fresh_db(backend, &args.pg, "empty").await?;
+        let base = worker_rss(dir.path(), &empty.url).await?;
+        let loaded = worker_rss(dir.path(), &db.url).await?;
+        println!(
+            "{backend:<8} a fresh `dossier work` process: {:.0} MiB over an empty database, {:.0} MiB over the {} waiting cases (+{:.0} MiB)",
+            mib(base),
+            mib(loaded),
+            args.timers,
+            mib(loaded.saturating_sub(base))
+        );
+        drop_db(empty).await;
         drop_db(db).await;
     }
     println!(

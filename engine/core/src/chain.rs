@@ -97,8 +97,7 @@ where
     I: IntoIterator<Item = (i64, i64, &'a str, &'a str, &'a str, &'a str)>,
 {
     let mut prev = GENESIS.to_string();
-    let mut expected = 1;
-    for (seq, at, kind, payload, prev_hash, hash) in events {
+    for (expected, (seq, at, kind, payload, prev_hash, hash)) in (1..).zip(events) {
         if seq != expected {
             return Err(ChainError::Sequence { seq, expected });
         }
@@ -109,7 +108,6 @@ where
             return Err(ChainError::Altered { seq });
         }
         prev = hash.to_string();
-        expected += 1;
     }
     Ok(())
 }

@@ -41,13 +41,13 @@ pub fn replay(
     prog: &Program,
     case_id: &str,
     history: &[RecordedEvent],
-) -> Result<CaseState, Divergence> {
+) -> Result<CaseState, Box<Divergence>> {
     let mut state: Option<CaseState> = None;
     let mut i = 0;
     while i < history.len() {
         let rec = &history[i];
         if !rec.event.is_input() {
-            return Err(Divergence {
+            return Err(Box::new(Divergence {
                 seq: rec.seq,
                 message: format!(
                     "the recorded `{}` was not derived by the workflow (it expected the next input here)",
@@ -55,7 +55,7 @@ pub fn replay(
                 ),
                 recorded: Some(rec.event.clone()),
                 derived: None,
-            });
+            }));
         }
         let transition = match (&mut state, &rec.event) {
             (
@@ -80,45 +80,45 @@ pub fn replay(
                         t
                     }
                     Err(e) => {
-                        return Err(Divergence {
+                        return Err(Box::new(Divergence {
                             seq: rec.seq,
                             message: format!("the case would not start again: {e}"),
                             recorded: Some(rec.event.clone()),
                             derived: None,
-                        })
+                        }))
                     }
                 }
             }
             (None, _) => {
-                return Err(Divergence {
+                return Err(Box::new(Divergence {
                     seq: rec.seq,
                     message: "the history does not begin with `case_started`".into(),
                     recorded: Some(rec.event.clone()),
                     derived: None,
-                })
+                }))
             }
             (Some(_), Event::CaseStarted { .. }) => {
-                return Err(Divergence {
+                return Err(Box::new(Divergence {
                     seq: rec.seq,
                     message: "a second `case_started`".into(),
                     recorded: Some(rec.event.clone()),
                     derived: None,
-                })
+                }))
             }
             (Some(s), input) => match s.handle(prog, input.clone(), rec.at) {
                 Ok(t) => t,
                 Err(e) => {
-                    return Err(Divergence {
+                    return Err(Box::new(Divergence {
                         seq: rec.seq,
                         message: format!("the workflow now refuses this input: {e}"),
                         recorded: Some(rec.event.clone()),
                         derived: None,
-                    })
+                    }))
                 }
             },
         };
         if transition.events.is_empty() {
-            return Err(Divergence {
+            return Err(Box::new(Divergence {
                 seq: rec.seq,
                 message: format!(
                     "the workflow now ignores the recorded `{}`",
@@ -126,13 +126,13 @@ pub fn replay(
                 ),
                 recorded: Some(rec.event.clone()),
                 derived: None,
-            });
+            }));
         }
         for (j, derived) in transition.events.iter().enumerate() {
             match history.get(i + j) {
                 Some(recorded) if recorded.event == *derived => {}
                 Some(recorded) => {
-                    return Err(Divergence {
+                    return Err(Box::new(Divergence {
                         seq: recorded.seq,
                         message: format!(
                             "recorded {} but the workflow derives {}",
@@ -141,11 +141,11 @@ pub fn replay(
                         ),
                         recorded: Some(recorded.event.clone()),
                         derived: Some(derived.clone()),
-                    })
+                    }))
                 }
                 None => {
                     let seq = history.last().map(|r| r.seq + 1).unwrap_or(1);
-                    return Err(Divergence {
+                    return Err(Box::new(Divergence {
                         seq,
                         message: format!(
                             "the history ends where the workflow derives {}",
@@ -153,16 +153,18 @@ pub fn replay(
                         ),
                         recorded: None,
                         derived: Some(derived.clone()),
-                    });
+                    }));
                 }
             }
         }
         i += transition.events.len();
     }
-    state.ok_or(Divergence {
-        seq: 1,
-        message: "the history is empty".into(),
-        recorded: None,
-        derived: None,
+    state.ok_or_else(|| {
+        Box::new(Divergence {
+            seq: 1,
+            message: "the history is empty".into(),
+            recorded: None,
+            derived: None,
+        })
     })
 }

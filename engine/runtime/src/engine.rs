@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub effect_concurrency: usize,
     /// Case transitions committed in one transaction at most.
     pub max_batch: usize,
+    /// Batches committing at once: while one commits, the next is prepared (and, on
+    /// PostgreSQL, committed on another connection).
+    pub commits_in_flight: usize,
     /// Case states kept in memory; the others are rebuilt from their history when needed.
     pub cache_capacity: usize,
     /// Perform effects and fire timers. Off for a process that only records new cases
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
         EngineConfig {
             effect_concurrency: 256,
             max_batch: 512,
+            commits_in_flight: 2,
             cache_capacity: 10_000,
             workers: true,
         }
@@ -79,6 +83,8 @@ struct Cleanup {
 }
 
 enum Command {
+    /// Finish the batch at hand, then stop; answered once stopped.
+    Stop(oneshot::Sender<()>),
     Start {
         program: Arc<Program>,
         case_id: String,
@@ -98,6 +104,7 @@ impl Command {
     fn case_id(&self) -> &str {
         match self {
             Command::Start { case_id, .. } | Command::Input { case_id, .. } => case_id,
+            Command::Stop(_) => "",
         }
     }
 }
@@ -135,6 +142,7 @@ struct Inner {
     timers_in_flight: Mutex<HashSet<String>>,
     effect_slots: Arc<Semaphore>,
     queued: AtomicUsize,
+    stopped: std::sync::atomic::AtomicBool,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Finished>>>>,
     /// Correlation key sets per event name, from every deployed workflow.
     correlations: BTreeMap<String, BTreeSet<Vec<String>>>,
@@ -180,6 +188,7 @@ impl Engine {
             effects_in_flight: Mutex::new(HashSet::new()),
             timers_in_flight: Mutex::new(HashSet::new()),
             queued: AtomicUsize::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             correlations,
         });
@@ -339,6 +348,18 @@ impl Engine {
         self.input(&task.case_id, event).await
     }
 
+    /// Stops the engine: the batch at hand is committed, then the sequencer and the timer task
+    /// end; effects in flight finish but their results are not recorded (they go out again,
+    /// with the same keys, when an engine next starts on the database).
+    pub async fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.timer_wake.notify_one();
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// True when nothing is queued, no effect is in flight and no timer is due.
     pub async fn is_idle(&self) -> Result<bool> {
         if self.inner.queued.load(Ordering::SeqCst) > 0
@@ -396,78 +417,166 @@ struct Batch {
     touched: HashSet<String>,
 }
 
+/// A batch whose commit is under way, with the cases it holds.
+struct InFlight {
+    touched: HashSet<String>,
+    handle: tokio::task::JoinHandle<(Batch, usize, std::result::Result<(), StoreError>)>,
+}
+
+/// The heart of the engine. Commands are gathered into batches; each batch's writes are
+/// committed in one transaction by a task of its own, while the next batch is prepared (at most
+/// `EngineConfig::commits_in_flight` at once). A case belongs to one batch at a time: its next
+/// command waits until the batch holding it is committed, so every transition builds on
+/// committed state and batches in flight never touch the same case.
 async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut cache: Lru = Lru::new(inner.config.cache_capacity);
     let mut deferred: VecDeque<Command> = VecDeque::new();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut stop: Option<oneshot::Sender<()>> = None;
     loop {
         let mut cmds: Vec<Command> = deferred.drain(..).collect();
-        if cmds.is_empty() {
-            match rx.recv().await {
-                Some(c) => cmds.push(c),
-                None => return,
+        if cmds.is_empty() && stop.is_none() {
+            match inflight.front_mut() {
+                None => match rx.recv().await {
+                    Some(c) => cmds.push(c),
+                    None => return,
+                },
+                Some(oldest) => {
+                    tokio::select! {
+                        c = rx.recv() => match c {
+                            Some(c) => cmds.push(c),
+                            None => return,
+                        },
+                        done = &mut oldest.handle => {
+                            inflight.pop_front();
+                            settle(&inner, &mut cache, &mut deferred, done);
+                            continue;
+                        }
+                    }
+                }
             }
         }
-        while cmds.len() < inner.config.max_batch {
+        while stop.is_none() && cmds.len() < inner.config.max_batch {
             match rx.try_recv() {
                 Ok(c) => cmds.push(c),
                 Err(_) => break,
             }
         }
-        let now = crate::to_millis(inner.clock.now());
-        let mut batch = Batch {
-            writes: Vec::new(),
-            staged: Vec::new(),
-            touched: HashSet::new(),
-        };
-        // Commands stay counted as queued until their batch is committed and dispatched, so
-        // that `Engine::is_idle` never sees a gap between a commit and its effects.
-        let mut processed = 0;
-        for cmd in cmds {
-            if batch.touched.contains(cmd.case_id()) {
-                // One transition per case and batch: the next one builds on the committed state.
-                deferred.push_back(cmd);
-                continue;
+        let mut commands = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            match c {
+                Command::Stop(tx) => stop = Some(tx),
+                other => commands.push(other),
             }
-            processed += 1;
-            prepare(&inner, &mut cache, &mut batch, cmd, now).await;
         }
+        let (batch, processed) =
+            prepare_batch(&inner, &mut cache, &mut deferred, &inflight, commands).await;
         if batch.writes.is_empty() {
-            finish_batch(&inner, &mut cache, batch, now);
-            inner.queued.fetch_sub(processed, Ordering::SeqCst);
+            finish_batch(&inner, &mut cache, batch, processed);
+        } else {
+            while inflight.len() >= inner.config.commits_in_flight.max(1) {
+                if let Some(oldest) = inflight.pop_front() {
+                    let done = oldest.handle.await;
+                    settle(&inner, &mut cache, &mut deferred, done);
+                }
+            }
+            let touched = batch.touched.clone();
+            let store = inner.store.clone();
+            let handle = tokio::spawn(async move {
+                let result = store.commit(&batch.writes).await;
+                (batch, processed, result)
+            });
+            inflight.push_back(InFlight { touched, handle });
+        }
+        if processed == 0 || stop.is_some() {
+            // Nothing could be prepared (every command waits for a batch in flight), or the
+            // engine stops: let the oldest commit finish first.
+            if let Some(oldest) = inflight.pop_front() {
+                let done = oldest.handle.await;
+                settle(&inner, &mut cache, &mut deferred, done);
+            } else if let Some(tx) = stop.take() {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Prepares a batch from `cmds`. A command whose case is already in this batch or in a batch
+/// in flight goes back to `deferred`. Returns the batch and how many commands it took.
+async fn prepare_batch(
+    inner: &Arc<Inner>,
+    cache: &mut Lru,
+    deferred: &mut VecDeque<Command>,
+    inflight: &VecDeque<InFlight>,
+    cmds: Vec<Command>,
+) -> (Batch, usize) {
+    let now = crate::to_millis(inner.clock.now());
+    let mut batch = Batch {
+        writes: Vec::new(),
+        staged: Vec::new(),
+        touched: HashSet::new(),
+    };
+    // Commands stay counted as queued until their batch is committed and dispatched, so that
+    // `Engine::is_idle` never sees a gap between a commit and its effects.
+    let mut processed = 0;
+    for cmd in cmds {
+        let id = cmd.case_id();
+        if batch.touched.contains(id) || inflight.iter().any(|f| f.touched.contains(id)) {
+            deferred.push_back(cmd);
             continue;
         }
-        match inner.store.commit(&batch.writes).await {
-            Ok(()) => {
-                finish_batch(&inner, &mut cache, batch, now);
-                inner.queued.fetch_sub(processed, Ordering::SeqCst);
+        processed += 1;
+        prepare(inner, cache, &mut batch, cmd, now).await;
+    }
+    (batch, processed)
+}
+
+/// Handles a finished commit: dispatch what follows, or run the commands again.
+fn settle(
+    inner: &Arc<Inner>,
+    cache: &mut Lru,
+    deferred: &mut VecDeque<Command>,
+    done: std::result::Result<
+        (Batch, usize, std::result::Result<(), StoreError>),
+        tokio::task::JoinError,
+    >,
+) {
+    let (batch, processed, result) = match done {
+        Ok(d) => d,
+        Err(e) => {
+            // The batch is lost with the task; its inputs come back from the database (outbox,
+            // timers) at the next start, and its callers get no answer.
+            tracing::error!(error = %e, "a commit task failed");
+            return;
+        }
+    };
+    match result {
+        Ok(()) => finish_batch(inner, cache, batch, processed),
+        Err(e) => {
+            if !matches!(e, StoreError::Conflict { .. }) {
+                tracing::error!(error = %e, "commit failed; the batch's inputs are retried");
             }
-            Err(e) => {
-                let conflict = matches!(e, StoreError::Conflict { .. });
-                if !conflict {
-                    tracing::error!(error = %e, "commit failed; the batch's inputs are retried");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                // Nothing of the batch was written: forget the states built on it and run the
-                // commands again from what the database holds.
-                let mut again = 0;
-                for s in batch.staged {
-                    cache.remove(&s.case_id);
-                    match s.retry {
-                        Some(cmd) => {
-                            again += 1;
-                            deferred.push_back(cmd)
-                        }
-                        None => {
-                            if let Some(r) = s.reply {
-                                let _ = r.send(Err(RuntimeError::Store(e.to_string())));
-                            }
+            // Nothing of the batch was written: forget the states built on it and run the
+            // commands again from what the database holds.
+            let mut again = 0;
+            for s in batch.staged {
+                cache.remove(&s.case_id);
+                match s.retry {
+                    Some(cmd) => {
+                        again += 1;
+                        deferred.push_back(cmd)
+                    }
+                    None => {
+                        if let Some(r) = s.reply {
+                            let _ = r.send(Err(RuntimeError::Store(e.to_string())));
                         }
                     }
                 }
-                inner
-                    .queued
-                    .fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
             }
+            inner
+                .queued
+                .fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
         }
     }
 }
@@ -520,6 +629,10 @@ async fn prepare(
     now: DateTime<Utc>,
 ) {
     match cmd {
+        // Taken out of every batch by the sequencer.
+        Command::Stop(tx) => {
+            let _ = tx.send(());
+        }
         Command::Start {
             program,
             case_id,
@@ -807,7 +920,9 @@ async fn start_child(
     }
 }
 
-fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime<Utc>) {
+/// After a commit (or for a batch with nothing to write): hand out effects, wake the timer
+/// task, answer callers, keep running cases in the cache.
+fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, processed: usize) {
     for s in batch.staged {
         for a in &s.actions {
             match a {
@@ -857,7 +972,10 @@ fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime
             dispatch_effect(inner, effect_job(e));
         }
         if let Some(c) = s.cached {
-            if c.state.status == CaseStatus::Running {
+            // Only cases with work in flight stay in memory: a case waiting for a timer, an event
+            // or a person costs database rows, not memory, and is rebuilt from its history when
+            // it wakes up.
+            if c.state.status_name() == "running" {
                 cache.put(s.case_id.clone(), c);
             } else {
                 cache.remove(&s.case_id);
@@ -867,7 +985,7 @@ fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, now: DateTime
             let _ = r.send(Ok(s.applied));
         }
     }
-    let _ = now;
+    inner.queued.fetch_sub(processed, Ordering::SeqCst);
 }
 
 // ---- effects ----
@@ -1010,6 +1128,9 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
 
 async fn timer_task(inner: Arc<Inner>) {
     loop {
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let now = inner.clock.now().timestamp_millis();
         inner.next_timer_hint.store(i64::MAX, Ordering::SeqCst);
         let mut pause = Duration::from_secs(1);
