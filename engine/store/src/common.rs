@@ -54,24 +54,6 @@ pub(crate) use {
     case_cols, definition_cols, effect_cols, event_cols, task_cols, timer_cols, wait_cols,
 };
 
-/// The columns a case update rewrites: everything but the id. The case row is a projection the
-/// runtime recomputes whole, so every column is written back.
-pub(crate) const CASE_UPDATE_COLS: [&str; 13] = [
-    "workflow_id",
-    "workflow_version",
-    "workflow_hash",
-    "business_key",
-    "parent_id",
-    "status",
-    "current_step",
-    "data",
-    "pins",
-    "last_seq",
-    "last_hash",
-    "created_at",
-    "updated_at",
-];
-
 // Positional row tuples, decoded in the order of the column lists above. Tuples implement
 // `FromRow` for every sqlx database, which keeps the record types free of sqlx derives.
 pub(crate) type CaseRow = (
@@ -266,11 +248,12 @@ pub(crate) fn conflict_of(w: &CaseWrite) -> crate::StoreError {
 /// effect key, timer id, wait id or task id).
 ///
 /// The contract is that a batch means "apply the writes one after the other". Within a round the
-/// writes are independent, so the SQL backends may apply them table by table with one batched
-/// statement each (all case inserts, then all events, then all deletes...) and get exactly the
-/// sequential result. A write that touches a key an earlier write of the round touched (the same
-/// case twice, an effect inserted by one write and removed by the next...) starts a new round.
-/// In practice a group commit carries one transition per case and has a single round.
+/// writes are independent, so the PostgreSQL backend may apply them table by table with one
+/// batched statement each (all case inserts, then all events, then all deletes...) and get exactly
+/// the sequential result. (The SQLite writer applies writes one by one and needs no rounds.) A
+/// write that touches a key an earlier write of the round touched (the same case twice, an effect
+/// inserted by one write and removed by the next...) starts a new round. In practice a group
+/// commit carries one transition per case and has a single round.
 pub(crate) fn rounds(batch: &[CaseWrite]) -> Vec<&[CaseWrite]> {
     let mut out = Vec::new();
     let mut seen: HashSet<(u8, &str)> = HashSet::new();

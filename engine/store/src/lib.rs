@@ -37,6 +37,12 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An error of the SQLite store's writer connection (which is not an sqlx connection).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite store's writer thread is gone (the store is closing, or the thread died).
+    #[error("the SQLite writer has stopped")]
+    WriterStopped,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot open the database at {location}: {message}")]
@@ -217,8 +223,10 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
-/// The storage contract. Every method is safe to call concurrently; `commit` calls are
-/// serialised by the implementation.
+/// The storage contract. Every method is safe to call concurrently. Concurrent `commit`s are
+/// isolated transactions: the engine keeps the batches it has in flight on disjoint cases, and
+/// a batch that loses a race on a case (another node) fails whole with a conflict or a database
+/// error. SQLite applies commits one after another; PostgreSQL runs them side by side.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Applies every write of the batch in one transaction (group commit), or none of them.

@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use sqlx::{ConnectOptions, QueryBuilder};
-use tokio::sync::Mutex;
 
 use crate::common::{
     case_cols, case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from,
@@ -39,10 +38,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     pool: PgPool,
-    /// Serialises this process's commits, as the [`Store`] contract promises: concurrent batches
-    /// from one engine would only contend on row locks (or deadlock on overlapping cases).
-    /// Other processes are kept honest by the optimistic `last_seq` checks.
-    commit_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -78,7 +73,6 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self {
             pool,
-            commit_lock: Mutex::new(()),
         })
     }
 
@@ -104,7 +98,6 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let _serial = self.commit_lock.lock().await;
         let mut tx = self.pool.begin().await?;
         for round in rounds(batch) {
             match apply_round(&mut tx, &RoundRows::gather(round)).await {

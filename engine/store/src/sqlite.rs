@@ -2,35 +2,44 @@
 //! commit that returned is on disk (the WAL is fsynced at every commit).
 //!
 //! SQLite allows one writer at a time. Rather than letting pooled connections fight over the
-//! write lock (and spin in the busy handler), every write goes through ONE dedicated writer
-//! connection guarded by a tokio mutex; reads use a small pool of `query_only` connections on the
+//! write lock (and spin in the busy handler), every write goes through ONE writer connection
+//! owned by a dedicated thread; reads use a small sqlx pool of `query_only` connections on the
 //! same file, which WAL lets run concurrently with the writer.
 //!
-//! A batch is applied in rounds (see [`crate::common::rounds`]); each round writes every table
-//! with multi-row statements (`INSERT ... VALUES (..), (..)`, `DELETE ... IN (..)`, and a single
-//! `UPDATE ... FROM (VALUES ..)` for the optimistic case updates), chunked under SQLite's limit of
-//! 32766 bound variables. If anything conflicts, the transaction is rolled back and the batch is
-//! replayed write by write in a throw-away transaction to name the culprit.
+//! The writer is a plain `rusqlite` connection rather than an sqlx one: sqlx runs each statement
+//! of a SQLite connection on the connection's worker thread and hands every statement and its
+//! result over a channel, so a commit of six statements cost a dozen thread hand-offs, several
+//! times the fsync itself. Here [`Store::commit`] sends the whole batch to the writer thread
+//! and awaits one reply; the thread runs `BEGIN IMMEDIATE` .. `COMMIT` with cached prepared
+//! statements and no hand-off in between.
+//!
+//! The writer applies a batch write by write, in order, one cached single-row statement per
+//! row: exactly the contract's "one write after the other", so the first write that fails a
+//! check (a stale `last_seq`, a duplicate key, a missing task) is the one to blame, and the
+//! whole transaction is rolled back. Single-row statements measured at least as fast as
+//! multi-row ones here (SQLite's per-statement overhead is tiny once prepared), and they need
+//! neither rounds nor a replay to name the culprit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rusqlite::{params, CachedStatement, Connection, OpenFlags};
 use sqlx::migrate::Migrator;
-use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder};
-use tokio::sync::Mutex;
+use sqlx::{ConnectOptions, Connection as _, QueryBuilder};
+use tokio::sync::oneshot;
 
 use crate::common::{
     case_cols, case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from,
-    event_cols, event_from, rounds, sql_limit, task_cols, task_from, timer_cols, timer_from,
-    wait_cols, wait_from, CaseRow, DefinitionRow, EffectRow, EventRow, RoundError, RoundRows,
-    TaskRow, TimerRow, WaitRow, CASE_UPDATE_COLS,
+    event_cols, event_from, sql_limit, task_cols, task_from, timer_cols, timer_from, wait_cols,
+    wait_from, CaseRow, DefinitionRow, EffectRow, EventRow, TaskRow, TimerRow, WaitRow,
 };
 use crate::{
     CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
@@ -39,29 +48,20 @@ use crate::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
-/// SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` since 3.32 (the bundled library is newer).
-const MAX_VARIABLES: usize = 32766;
-/// Upper bound on rows per statement, whatever the column count. Each distinct row count is a
-/// distinct prepared statement in the cache; capping keeps those statements small.
-const MAX_ROWS_PER_STATEMENT: usize = 1024;
 /// How long a connection waits for a lock held by another process (a CLI, a backup) before
 /// giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections. Reads are short; a few are enough to overlap API queries with the workers.
 const READERS: u32 = 4;
-/// Prepared statements kept per connection. The writer prepares one statement per table and
-/// distinct row count, so it gets a larger cache than the default 100.
-const WRITER_STATEMENT_CACHE: usize = 512;
-
-/// Rows per multi-row statement for a table of `columns` bound columns.
-fn chunk_rows(columns: usize) -> usize {
-    (MAX_VARIABLES / columns).clamp(1, MAX_ROWS_PER_STATEMENT)
-}
+/// Prepared statements kept by the writer: a dozen distinct statements, and room to spare.
+const WRITER_STATEMENT_CACHE: usize = 32;
+/// A commit slower than this is logged (sqlx's default threshold for slow statements).
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
 
 /// The SQLite implementation of [`Store`]. Cheap to share behind an `Arc`; every method may be
-/// called concurrently, commits are serialised on the writer connection.
+/// called concurrently, commits are serialised on the writer thread.
 pub struct SqliteStore {
-    writer: Mutex<SqliteConnection>,
+    writer: Writer,
     readers: SqlitePool,
 }
 
@@ -91,9 +91,9 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions, location: &str) -> Result<Self> {
-        let open_error = |e: sqlx::Error| StoreError::Open {
+        let open_error = |message: String| StoreError::Open {
             location: location.to_string(),
-            message: e.to_string(),
+            message,
         };
         let options = options
             .create_if_missing(true)
@@ -108,38 +108,46 @@ impl SqliteStore {
             .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
 
-        let mut writer = options
+        // The schema is migrated by sqlx (its `_sqlx_migrations` bookkeeping is what existing
+        // databases carry) on a setup connection, which stays open until the writer and the
+        // readers are: that keeps a shared in-memory database alive in between.
+        let mut setup = options
             .clone()
-            .statement_cache_capacity(WRITER_STATEMENT_CACHE)
-            // The writer's statements are multi-row inserts of whole batches: logging each one
-            // at DEBUG would flood any debug log. Still there at TRACE; slow ones still warn.
-            .log_statements(log::LevelFilter::Trace)
             .connect()
             .await
-            .map_err(open_error)?;
-        MIGRATOR.run(&mut writer).await?;
+            .map_err(|e| open_error(e.to_string()))?;
+        MIGRATOR.run(&mut setup).await?;
+        // The file the URL or path resolved to (absolute), or "" for an in-memory database.
+        let (file,): (String,) =
+            sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&mut setup)
+                .await?;
+        let target = if file.is_empty() {
+            WriterTarget::SharedMemory(options.get_filename().to_path_buf())
+        } else {
+            WriterTarget::File(PathBuf::from(file))
+        };
+        let writer = Writer::start(target).await.map_err(open_error)?;
 
-        // The readers can never write: all writes must go through the writer's mutex, and
+        // The readers can never write: all writes must go through the writer thread, and
         // `query_only` turns a mistake into an error instead of a lock fight.
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
             .connect_with(options.pragma("query_only", "ON"))
             .await
-            .map_err(open_error)?;
-        Ok(Self {
-            writer: Mutex::new(writer),
-            readers,
-        })
+            .map_err(|e| open_error(e.to_string()))?;
+        setup.close().await?;
+        Ok(Self { writer, readers })
     }
 
-    /// Closes the connections, checkpointing the WAL into the database file. Dropping the store
-    /// is also safe (every commit is already durable); this just leaves a tidier file behind.
+    /// Closes the connections, checkpointing the WAL into the database file, and stops the
+    /// writer thread. Dropping the store is also safe (every commit is already durable; the
+    /// thread stops too); this just leaves a tidier file behind.
     pub async fn close(self) -> Result<()> {
         self.readers.close().await;
-        let writer = self.writer.into_inner();
-        writer.close().await?;
-        Ok(())
+        // The writer closes last: the last connection to go checkpoints and removes the WAL.
+        self.writer.call(|reply| Job::Close { reply }).await
     }
 }
 
@@ -149,8 +157,11 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut conn = self.writer.lock().await;
-        commit_on(&mut conn, batch).await
+        // The writer thread needs the batch by value: a borrow cannot outlive this future, which
+        // may be dropped while the thread still works on it. (sqlx copied every bound value
+        // over to its worker thread too.)
+        let batch = batch.to_vec();
+        self.writer.call(|reply| Job::Commit { batch, reply }).await
     }
 
     async fn case(&self, id: &str) -> Result<Option<CaseRecord>> {
@@ -330,28 +341,10 @@ impl Store for SqliteStore {
         if defs.is_empty() {
             return Ok(());
         }
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in defs.chunks(chunk_rows(6)) {
-            let mut qb = QueryBuilder::<Sqlite>::new(concat!(
-                "INSERT INTO definitions (",
-                definition_cols!(),
-                ") "
-            ));
-            qb.push_values(chunk, |mut b, d| {
-                b.push_bind(d.hash.as_str())
-                    .push_bind(d.kind.as_str())
-                    .push_bind(d.name.as_str())
-                    .push_bind(d.version)
-                    .push_bind(d.source.as_str())
-                    .push_bind(d.loaded_at);
-            });
-            // A hash names its content: an existing row is the same definition.
-            qb.push(" ON CONFLICT (hash) DO NOTHING");
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let defs = defs.to_vec();
+        self.writer
+            .call(|reply| Job::PutDefinitions { defs, reply })
+            .await
     }
 
     async fn definition(&self, hash: &str) -> Result<Option<DefinitionRecord>> {
@@ -379,334 +372,525 @@ impl Store for SqliteStore {
     }
 }
 
-/// The group commit on the writer connection (the caller holds the writer mutex).
-async fn commit_on(conn: &mut SqliteConnection, batch: &[CaseWrite]) -> Result<()> {
-    // IMMEDIATE takes the write lock up front: the busy timeout then applies to waiting for it,
-    // instead of a deferred transaction failing to upgrade its read lock half-way.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for round in rounds(batch) {
-        match apply_round(&mut tx, &RoundRows::gather(round)).await {
-            Ok(()) => {}
-            Err(RoundError::Db(e)) => return Err(e.into()), // dropping `tx` rolls back
-            Err(RoundError::Conflict) => {
-                tx.rollback().await?;
-                return Err(find_conflict(conn, batch, round).await);
+// ---------------------------------------------------------------------------------------------
+// The writer thread
+
+/// What the writer thread opens.
+enum WriterTarget {
+    /// A database file, by the absolute path SQLite resolved.
+    File(PathBuf),
+    /// A shared-cache in-memory database, by the name sqlx gave it (`sqlite::memory:`).
+    SharedMemory(PathBuf),
+}
+
+/// Where the writer thread sends a job's outcome.
+type Reply = oneshot::Sender<Result<()>>;
+
+/// The writer thread's work, handled in the order received.
+enum Job {
+    Commit {
+        batch: Vec<CaseWrite>,
+        reply: Reply,
+    },
+    PutDefinitions {
+        defs: Vec<DefinitionRecord>,
+        reply: Reply,
+    },
+    /// Close the connection, reporting how that went, and stop.
+    Close {
+        reply: Reply,
+    },
+    /// The store is dropped: close the connection and stop.
+    Stop,
+    /// Runs a closure on the writer connection (tests inspect its settings).
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// The handle on the writer thread. Dropping it stops the thread (after the jobs already queued)
+/// and waits for it to finish.
+struct Writer {
+    jobs: mpsc::Sender<Job>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread and waits until it has opened and configured its connection. The error
+    /// is a message for [`StoreError::Open`].
+    async fn start(target: WriterTarget) -> std::result::Result<Self, String> {
+        let (jobs, queue) = mpsc::channel();
+        let (ready, opened) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("dossier-sqlite-writer".to_string())
+            .spawn(move || writer_thread(target, queue, ready))
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        let writer = Writer {
+            jobs,
+            thread: Some(thread),
+        };
+        match opened.await {
+            Ok(Ok(())) => Ok(writer),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the writer thread stopped while opening the database".to_string()),
+        }
+    }
+
+    /// Sends a job and waits for its outcome: the one hand-off of a write each way.
+    async fn call(&self, job: impl FnOnce(Reply) -> Job) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| StoreError::WriterStopped)?;
+        // If this future is dropped now, the job still runs: a commit may or may not have
+        // happened, as with any commit whose answer was lost.
+        outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Fails if the thread is already gone (after `Close`), which is fine.
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(thread) = self.thread.take() {
+            // Only jobs queued by commits whose callers gave up can still be ahead of `Stop`:
+            // nothing can be running on behalf of a live caller once the store is dropped.
+            if thread.join().is_err() {
+                tracing::error!("the SQLite writer thread panicked");
             }
         }
     }
-    tx.commit().await?;
-    Ok(())
 }
 
-/// Names the write that made the batch fail: replays the batch one write at a time in a
-/// transaction that is always rolled back. The writer mutex is held, so the database is exactly
-/// as the failed attempt saw it. `failed_round` is blamed if the replay somehow succeeds.
-async fn find_conflict(
-    conn: &mut SqliteConnection,
-    batch: &[CaseWrite],
-    failed_round: &[CaseWrite],
-) -> StoreError {
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => return e.into(),
+/// The writer thread: opens the connection, reports on `ready`, then serves jobs until told to
+/// stop or until the store is gone.
+fn writer_thread(
+    target: WriterTarget,
+    queue: mpsc::Receiver<Job>,
+    ready: oneshot::Sender<rusqlite::Result<()>>,
+) {
+    let conn = match open_writer(&target) {
+        Ok(conn) => conn,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
     };
-    let mut culprit = None;
-    for w in batch {
-        match apply_round(&mut tx, &RoundRows::gather(std::slice::from_ref(w))).await {
-            Ok(()) => {}
-            Err(RoundError::Conflict) => {
-                culprit = Some(w);
-                break;
+    // If `open` was abandoned, the `Writer` is dropped too and `Stop` follows.
+    let _ = ready.send(Ok(()));
+    while let Ok(job) = queue.recv() {
+        match job {
+            Job::Commit { batch, reply } => {
+                let started = Instant::now();
+                let outcome = in_transaction(&conn, |conn| apply_batch(conn, &batch));
+                let elapsed = started.elapsed();
+                // Answer first; the batch is freed after, off the caller's path.
+                let _ = reply.send(outcome);
+                if elapsed >= SLOW_COMMIT {
+                    tracing::warn!(writes = batch.len(), ?elapsed, "slow SQLite commit");
+                }
             }
-            Err(RoundError::Db(e)) => return e.into(),
+            Job::PutDefinitions { defs, reply } => {
+                let _ = reply.send(in_transaction(&conn, |conn| {
+                    insert_definitions(conn, &defs)
+                }));
+            }
+            Job::Close { reply } => {
+                let _ = reply.send(conn.close().map_err(|(_, e)| e.into()));
+                return;
+            }
+            Job::Stop => break,
+            #[cfg(test)]
+            Job::Run(f) => f(&conn),
         }
     }
-    if let Err(e) = tx.rollback().await {
-        return e.into();
+    // Dropping the connection closes it.
+}
+
+/// Opens the writer connection with the store's settings (the same as the sqlx connections').
+fn open_writer(target: &WriterTarget) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match target {
+        WriterTarget::File(path) => {
+            Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE)?
+        }
+        // As sqlx opens it, so that both name the same database.
+        WriterTarget::SharedMemory(name) => Connection::open_with_flags(
+            name,
+            flags
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_MEMORY
+                | OpenFlags::SQLITE_OPEN_SHARED_CACHE,
+        )?,
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Answers with the mode in effect: `wal` for a file (already set by the setup connection:
+    // it is a property of the file), `memory` for an in-memory database.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    // FULL: the WAL is fsynced at every commit. See `open_with` for the rest.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; \
+         PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed if `f` succeeds and rolled back
+/// otherwise. IMMEDIATE takes the write lock up front: the busy timeout then applies to waiting
+/// for it, instead of a deferred transaction failing to upgrade its read lock half-way.
+fn in_transaction(conn: &Connection, f: impl FnOnce(&Connection) -> Result<()>) -> Result<()> {
+    // A transaction left open by a failed rollback would make every later BEGIN fail.
+    rollback(conn);
+    execute_cached(conn, "BEGIN IMMEDIATE")?;
+    let outcome = f(conn).and_then(|()| {
+        execute_cached(conn, "COMMIT")?;
+        Ok(())
+    });
+    if outcome.is_err() {
+        rollback(conn);
     }
-    match culprit.or(failed_round.first()) {
-        Some(w) => conflict_of(w),
-        None => StoreError::Conflict {
-            case_id: String::new(),
-            expected: None,
-        },
+    outcome
+}
+
+/// Rolls back the open transaction, if any (a failed COMMIT may already have rolled back).
+fn rollback(conn: &Connection) {
+    if conn.is_autocommit() {
+        return;
+    }
+    if let Err(e) = execute_cached(conn, "ROLLBACK") {
+        tracing::error!(error = %e, "SQLite rollback failed");
     }
 }
 
-/// Applies one round (writes touching disjoint keys) table by table, with one multi-row
-/// statement per table and chunk. Order: case rows, events, deletes, then inserts (a write may
-/// drop and re-create the same timer id), then task updates (a task created by the round may be
-/// updated by it).
-async fn apply_round(
-    conn: &mut SqliteConnection,
-    rows: &RoundRows<'_>,
-) -> std::result::Result<(), RoundError> {
-    insert_rows(
-        conn,
-        concat!("INSERT INTO cases (", case_cols!(), ") "),
-        14,
-        &rows.new_cases,
-        |b, c| bind_case(b, c),
-    )
-    .await?;
-    update_cases(conn, &rows.updated_cases).await?;
-    insert_rows(
-        conn,
-        concat!("INSERT INTO events (", event_cols!(), ") "),
-        7,
-        &rows.events,
-        |mut b, e| {
-            b.push_bind(e.case_id.as_str())
-                .push_bind(e.seq)
-                .push_bind(e.at)
-                .push_bind(e.kind.as_str())
-                .push_bind(e.payload.as_str())
-                .push_bind(e.prev_hash.as_str())
-                .push_bind(e.hash.as_str());
-        },
-    )
-    .await?;
-    delete_keys(
-        conn,
-        "DELETE FROM effects WHERE key IN (",
-        &rows.effects_done,
-    )
-    .await?;
-    delete_keys(conn, "DELETE FROM timers WHERE id IN (", &rows.timers_done).await?;
-    delete_keys(conn, "DELETE FROM waits WHERE id IN (", &rows.waits_done).await?;
-    insert_rows(
-        conn,
-        concat!("INSERT INTO effects (", effect_cols!(), ") "),
-        9,
-        &rows.effects_new,
-        |mut b, e| {
-            b.push_bind(e.key.as_str())
-                .push_bind(e.case_id.as_str())
-                .push_bind(e.step.as_str())
-                .push_bind(e.connector.as_str())
-                .push_bind(e.operation.as_str())
-                .push_bind(e.request.as_str())
-                .push_bind(e.attempt)
-                .push_bind(e.timeout_ms)
-                .push_bind(e.created_at);
-        },
-    )
-    .await?;
-    insert_rows(
-        conn,
-        concat!("INSERT INTO timers (", timer_cols!(), ") "),
-        4,
-        &rows.timers_new,
-        |mut b, t| {
-            b.push_bind(t.id.as_str())
-                .push_bind(t.case_id.as_str())
-                .push_bind(t.fire_at)
-                .push_bind(t.purpose.as_str());
-        },
-    )
-    .await?;
-    insert_rows(
-        conn,
-        concat!("INSERT INTO waits (", wait_cols!(), ") "),
-        5,
-        &rows.waits_new,
-        |mut b, w| {
-            b.push_bind(w.id.as_str())
-                .push_bind(w.case_id.as_str())
-                .push_bind(w.event_name.as_str())
-                .push_bind(w.correlation.as_str())
-                .push_bind(w.created_at);
-        },
-    )
-    .await?;
-    insert_rows(
-        conn,
-        concat!("INSERT INTO tasks (", task_cols!(), ") "),
-        15,
-        &rows.tasks_new,
-        |mut b, t| {
-            b.push_bind(t.id.as_str())
-                .push_bind(t.case_id.as_str())
-                .push_bind(t.workflow_id.as_str())
-                .push_bind(t.step.as_str())
-                .push_bind(t.role.as_str())
-                .push_bind(t.title.as_str())
-                .push_bind(t.form.as_str())
-                .push_bind(t.status.as_str())
-                .push_bind(t.assignee.as_deref())
-                .push_bind(t.due_at)
-                .push_bind(t.created_at)
-                .push_bind(t.completed_at)
-                .push_bind(t.completed_by.as_deref())
-                .push_bind(t.outcome.as_deref())
-                .push_bind(t.data.as_deref());
-        },
-    )
-    .await?;
-    update_tasks(conn, rows).await
+fn execute_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
 }
 
-/// Binds the 14 columns of a case row, in [`case_cols`] order.
-fn bind_case<'a>(mut b: Separated<'_, 'a, Sqlite, &'static str>, c: &'a CaseRecord) {
-    b.push_bind(c.id.as_str())
-        .push_bind(c.workflow_id.as_str())
-        .push_bind(c.workflow_version)
-        .push_bind(c.workflow_hash.as_str())
-        .push_bind(c.business_key.as_deref())
-        .push_bind(c.parent_id.as_deref())
-        .push_bind(c.status.as_str())
-        .push_bind(c.current_step.as_deref())
-        .push_bind(c.data.as_str())
-        .push_bind(c.pins.as_str())
-        .push_bind(c.last_seq)
-        .push_bind(c.last_hash.as_str())
-        .push_bind(c.created_at)
-        .push_bind(c.updated_at);
-}
-
-/// `head` followed by `VALUES (..), (..)`, in chunks under the bound-variable limit. A unique
-/// violation surfaces as [`RoundError::Conflict`].
-async fn insert_rows<'a, T: 'a>(
-    conn: &mut SqliteConnection,
-    head: &str,
-    columns: usize,
-    rows: &'a [&'a T],
-    mut bind: impl FnMut(Separated<'_, 'a, Sqlite, &'static str>, &'a T),
-) -> std::result::Result<(), RoundError> {
-    for chunk in rows.chunks(chunk_rows(columns)) {
-        let mut qb = QueryBuilder::<Sqlite>::new(head);
-        qb.push_values(chunk.iter().copied(), &mut bind);
-        qb.build().execute(&mut *conn).await?;
+fn insert_definitions(conn: &Connection, defs: &[DefinitionRecord]) -> Result<()> {
+    // A hash names its content: an existing row is the same definition.
+    let mut insert = conn.prepare_cached(concat!(
+        "INSERT INTO definitions (",
+        definition_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (hash) DO NOTHING"
+    ))?;
+    for d in defs {
+        insert.execute(params![
+            d.hash,
+            d.kind,
+            d.name,
+            d.version,
+            d.source,
+            d.loaded_at
+        ])?;
     }
     Ok(())
 }
 
-/// `head` followed by `?, ?, ...)`: a multi-row delete. Missing keys are fine (a timer already
-/// dropped, an effect already settled): deletes are idempotent.
-async fn delete_keys(
-    conn: &mut SqliteConnection,
-    head: &str,
-    keys: &[&str],
-) -> std::result::Result<(), RoundError> {
-    for chunk in keys.chunks(chunk_rows(1)) {
-        let mut qb = QueryBuilder::<Sqlite>::new(head);
-        let mut list = qb.separated(", ");
-        for key in chunk {
-            list.push_bind(*key);
+// ---------------------------------------------------------------------------------------------
+// Applying a batch
+
+/// The statements of a commit, one row each. `?1` is always the key.
+#[derive(Clone, Copy)]
+enum Sql {
+    InsertCase,
+    UpdateCase,
+    InsertEvent,
+    DeleteEffect,
+    DeleteTimer,
+    DeleteWait,
+    InsertEffect,
+    InsertTimer,
+    InsertWait,
+    InsertTask,
+    UpdateTask,
+}
+
+const SQL_STATEMENTS: usize = 11;
+
+impl Sql {
+    fn text(self) -> &'static str {
+        match self {
+            Sql::InsertCase => concat!(
+                "INSERT INTO cases (",
+                case_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ),
+            // Optimistic concurrency: the row is only updated if its `last_seq` is the one
+            // the write expects. The whole row is rewritten: it is a projection the runtime
+            // recomputes.
+            Sql::UpdateCase => {
+                "UPDATE cases SET workflow_id = ?2, workflow_version = ?3, workflow_hash = ?4, \
+                 business_key = ?5, parent_id = ?6, status = ?7, current_step = ?8, data = ?9, \
+                 pins = ?10, last_seq = ?11, last_hash = ?12, created_at = ?13, \
+                 updated_at = ?14 WHERE id = ?1 AND last_seq = ?15"
+            }
+            Sql::InsertEvent => concat!(
+                "INSERT INTO events (",
+                event_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            Sql::DeleteEffect => "DELETE FROM effects WHERE key = ?1",
+            Sql::DeleteTimer => "DELETE FROM timers WHERE id = ?1",
+            Sql::DeleteWait => "DELETE FROM waits WHERE id = ?1",
+            Sql::InsertEffect => concat!(
+                "INSERT INTO effects (",
+                effect_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            Sql::InsertTimer => concat!(
+                "INSERT INTO timers (",
+                timer_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4)"
+            ),
+            Sql::InsertWait => concat!(
+                "INSERT INTO waits (",
+                wait_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5)"
+            ),
+            Sql::InsertTask => concat!(
+                "INSERT INTO tasks (",
+                task_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ),
+            // A NULL role means "keep the role"; a role is only ever replaced (escalation).
+            Sql::UpdateTask => {
+                "UPDATE tasks SET status = ?2, assignee = ?3, role = COALESCE(?4, role), \
+                 completed_at = ?5, completed_by = ?6, outcome = ?7, data = ?8 WHERE id = ?1"
+            }
         }
-        qb.push(")");
-        qb.build().execute(&mut *conn).await?;
+    }
+}
+
+/// The statements a commit uses, taken from the connection's cache on first use and given back
+/// when the commit is done: one cache lookup per statement and commit, not per row.
+struct Statements<'c> {
+    conn: &'c Connection,
+    taken: [Option<CachedStatement<'c>>; SQL_STATEMENTS],
+}
+
+impl<'c> Statements<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            taken: Default::default(),
+        }
+    }
+
+    fn get(&mut self, sql: Sql) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        let slot = &mut self.taken[sql as usize];
+        let statement = match slot.take() {
+            Some(s) => s,
+            None => self.conn.prepare_cached(sql.text())?,
+        };
+        Ok(slot.insert(statement))
+    }
+}
+
+/// Why a write failed.
+enum Failure {
+    /// A check failed (stale `last_seq`, duplicate key, missing task): a conflict.
+    Conflict,
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    /// Unique violations are conflicts (a duplicate case, event, effect, timer, wait or task
+    /// means two transitions raced); anything else is a database failure.
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                Failure::Conflict
+            }
+            _ => Failure::Db(e),
+        }
+    }
+}
+
+/// Applies the writes one after the other (inside the caller's transaction). The first write
+/// that fails a check is the one the conflict names; the caller rolls everything back.
+fn apply_batch(conn: &Connection, batch: &[CaseWrite]) -> Result<()> {
+    let mut statements = Statements::new(conn);
+    for w in batch {
+        match apply_write(&mut statements, w) {
+            Ok(()) => {}
+            Err(Failure::Conflict) => return Err(conflict_of(w)),
+            Err(Failure::Db(e)) => return Err(e.into()),
+        }
     }
     Ok(())
 }
 
-/// The optimistic case updates of a round in one statement per chunk:
-/// `WITH v(id, expected, ...) AS (VALUES ..) UPDATE cases SET .. FROM v WHERE cases.id = v.id
-/// AND cases.last_seq = v.expected`. Case ids are unique within a round, so the number of rows
-/// changed must equal the number of updates; any shortfall is a stale `last_seq` (or a case that
-/// does not exist), i.e. a conflict.
-async fn update_cases(
-    conn: &mut SqliteConnection,
-    updates: &[(&CaseRecord, i64)],
-) -> std::result::Result<(), RoundError> {
-    if updates.is_empty() {
-        return Ok(());
+/// One write, in the contract's order: case row, events, deletes, inserts, task updates.
+fn apply_write(st: &mut Statements<'_>, w: &CaseWrite) -> std::result::Result<(), Failure> {
+    if let Some(c) = &w.case {
+        let row = params![
+            c.id,
+            c.workflow_id,
+            c.workflow_version,
+            c.workflow_hash,
+            c.business_key,
+            c.parent_id,
+            c.status,
+            c.current_step,
+            c.data,
+            c.pins,
+            c.last_seq,
+            c.last_hash,
+            c.created_at,
+            c.updated_at,
+        ];
+        match w.expected_last_seq {
+            // A duplicate id is a unique violation, hence a conflict.
+            None => {
+                st.get(Sql::InsertCase)?.execute(row)?;
+            }
+            // No row changed: the case moved on (or never existed).
+            Some(expected) => {
+                let mut update = row.to_vec();
+                update.push(&expected);
+                if st.get(Sql::UpdateCase)?.execute(update.as_slice())? != 1 {
+                    return Err(Failure::Conflict);
+                }
+            }
+        }
     }
-    let set = CASE_UPDATE_COLS
-        .iter()
-        .map(|c| format!("{c} = v.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let head = concat!("WITH v (expected, ", case_cols!(), ") AS (");
-    let tail = format!(
-        ") UPDATE cases SET {set} FROM v WHERE cases.id = v.id AND cases.last_seq = v.expected"
-    );
-    let mut changed = 0;
-    for chunk in updates.chunks(chunk_rows(15)) {
-        let mut qb = QueryBuilder::<Sqlite>::new(head);
-        qb.push_values(chunk.iter(), |mut b, (c, expected)| {
-            b.push_bind(*expected);
-            bind_case(b, c);
-        });
-        qb.push(&tail);
-        changed += qb.build().execute(&mut *conn).await?.rows_affected();
+    for e in &w.events {
+        st.get(Sql::InsertEvent)?.execute(params![
+            e.case_id,
+            e.seq,
+            e.at,
+            e.kind,
+            e.payload,
+            e.prev_hash,
+            e.hash
+        ])?;
     }
-    if changed == updates.len() as u64 {
-        Ok(())
-    } else {
-        Err(RoundError::Conflict)
+    // Deleting a missing key is fine (a timer already dropped, an effect already settled).
+    for k in &w.effects_done {
+        st.get(Sql::DeleteEffect)?.execute([k])?;
     }
-}
-
-/// Task updates of a round, batched like [`update_cases`]. Updating a task that does not exist
-/// is a conflict: the transition was computed from a state the store does not hold.
-async fn update_tasks(
-    conn: &mut SqliteConnection,
-    rows: &RoundRows<'_>,
-) -> std::result::Result<(), RoundError> {
-    let updates = &rows.tasks_updated;
-    if updates.is_empty() {
-        return Ok(());
+    for k in &w.timers_done {
+        st.get(Sql::DeleteTimer)?.execute([k])?;
     }
-    let mut changed = 0;
-    for chunk in updates.chunks(chunk_rows(8)) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "WITH v (id, status, assignee, role, completed_at, completed_by, outcome, data) AS (",
-        );
-        qb.push_values(chunk.iter(), |mut b, t| {
-            b.push_bind(t.id.as_str())
-                .push_bind(t.status.as_str())
-                .push_bind(t.assignee.as_deref())
-                .push_bind(t.role.as_deref())
-                .push_bind(t.completed_at)
-                .push_bind(t.completed_by.as_deref())
-                .push_bind(t.outcome.as_deref())
-                .push_bind(t.data.as_deref());
-        });
-        // A NULL role means "keep the role"; a role is only ever replaced (escalation).
-        qb.push(
-            ") UPDATE tasks SET status = v.status, assignee = v.assignee, \
-             role = COALESCE(v.role, tasks.role), completed_at = v.completed_at, \
-             completed_by = v.completed_by, outcome = v.outcome, data = v.data \
-             FROM v WHERE tasks.id = v.id",
-        );
-        changed += qb.build().execute(&mut *conn).await?.rows_affected();
+    for k in &w.waits_done {
+        st.get(Sql::DeleteWait)?.execute([k])?;
     }
-    if changed == updates.len() as u64 {
-        Ok(())
-    } else {
-        Err(RoundError::Conflict)
+    for e in &w.effects_new {
+        st.get(Sql::InsertEffect)?.execute(params![
+            e.key,
+            e.case_id,
+            e.step,
+            e.connector,
+            e.operation,
+            e.request,
+            e.attempt,
+            e.timeout_ms,
+            e.created_at
+        ])?;
     }
+    for t in &w.timers_new {
+        st.get(Sql::InsertTimer)?
+            .execute(params![t.id, t.case_id, t.fire_at, t.purpose])?;
+    }
+    for v in &w.waits_new {
+        st.get(Sql::InsertWait)?.execute(params![
+            v.id,
+            v.case_id,
+            v.event_name,
+            v.correlation,
+            v.created_at
+        ])?;
+    }
+    for t in &w.tasks_new {
+        st.get(Sql::InsertTask)?.execute(params![
+            t.id,
+            t.case_id,
+            t.workflow_id,
+            t.step,
+            t.role,
+            t.title,
+            t.form,
+            t.status,
+            t.assignee,
+            t.due_at,
+            t.created_at,
+            t.completed_at,
+            t.completed_by,
+            t.outcome,
+            t.data
+        ])?;
+    }
+    // Updating a task that does not exist is a conflict: the transition was computed from a
+    // state the store does not hold.
+    for t in &w.tasks_updated {
+        let changed = st.get(Sql::UpdateTask)?.execute(params![
+            t.id,
+            t.status,
+            t.assignee,
+            t.role,
+            t.completed_at,
+            t.completed_by,
+            t.outcome,
+            t.data
+        ])?;
+        if changed != 1 {
+            return Err(Failure::Conflict);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    impl SqliteStore {
+        /// Runs `f` on the writer thread's connection.
+        async fn on_writer<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&Connection) -> T + Send + 'static,
+        ) -> T {
+            let (tx, rx) = oneshot::channel();
+            self.writer
+                .jobs
+                .send(Job::Run(Box::new(move |conn| {
+                    let _ = tx.send(f(conn));
+                })))
+                .expect("writer thread running");
+            rx.await.expect("writer thread answered")
+        }
+    }
+
+    async fn open_temp(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("d.db"))
+            .await
+            .expect("open")
+    }
+
     /// The durability settings are per connection: check the writer really has them.
     #[tokio::test]
     async fn writer_is_wal_and_synchronous_full() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("d.db"))
-            .await
-            .expect("open");
-        let mut writer = store.writer.lock().await;
-        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-            .fetch_one(&mut *writer)
-            .await
-            .expect("journal_mode");
-        assert_eq!(mode, "wal");
-        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(&mut *writer)
-            .await
-            .expect("synchronous");
-        assert_eq!(sync, 2, "synchronous=FULL");
-        let (busy,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
-            .fetch_one(&mut *writer)
-            .await
-            .expect("busy_timeout");
-        assert_eq!(busy, 10_000);
-        drop(writer);
+        let store = open_temp(&dir).await;
+        let (mode, sync, busy) = store
+            .on_writer(|conn| {
+                let get =
+                    |sql: &str| conn.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0));
+                (
+                    get("PRAGMA journal_mode").expect("journal_mode"),
+                    get("PRAGMA synchronous").expect("synchronous"),
+                    get("PRAGMA busy_timeout").expect("busy_timeout"),
+                )
+            })
+            .await;
+        assert_eq!(mode, rusqlite::types::Value::Text("wal".to_string()));
+        assert_eq!(sync, rusqlite::types::Value::Integer(2), "synchronous=FULL");
+        assert_eq!(busy, rusqlite::types::Value::Integer(10_000));
 
         // Readers refuse to write.
         let err = sqlx::query("DELETE FROM cases")
@@ -714,5 +898,74 @@ mod tests {
             .await
             .expect_err("readers are query_only");
         assert!(err.to_string().contains("readonly") || err.to_string().contains("read"));
+    }
+
+    /// Waits (a little) for a thread to finish.
+    fn finishes(thread: &JoinHandle<()>) -> bool {
+        for _ in 0..500 {
+            if thread.is_finished() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// No thread outlives its store, closed or just dropped.
+    #[tokio::test]
+    async fn writer_thread_stops_with_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let mut store = open_temp(&dir).await;
+        // Taken out, so that `Drop` does not join it: the test watches it stop by itself.
+        let thread = store.writer.thread.take().expect("writer thread");
+        assert!(!thread.is_finished());
+        drop(store);
+        assert!(finishes(&thread), "the writer thread survived the store");
+
+        let mut store = open_temp(&dir).await;
+        let thread = store.writer.thread.take().expect("writer thread");
+        store.close().await.expect("close");
+        assert!(finishes(&thread), "the writer thread survived close");
+        assert!(
+            !dir.path().join("d.db-wal").exists(),
+            "close checkpoints and removes the WAL"
+        );
+    }
+
+    /// A transaction somehow left open on the writer does not wedge later commits.
+    #[tokio::test]
+    async fn commit_recovers_from_a_dangling_transaction() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_temp(&dir).await;
+        store
+            .on_writer(|conn| conn.execute_batch("BEGIN IMMEDIATE"))
+            .await
+            .expect("begin");
+        let case = CaseRecord {
+            id: "c".to_string(),
+            workflow_id: "w".to_string(),
+            workflow_version: 1,
+            workflow_hash: "h".to_string(),
+            business_key: None,
+            parent_id: None,
+            status: "running".to_string(),
+            current_step: None,
+            data: "{}".to_string(),
+            pins: "{}".to_string(),
+            last_seq: 0,
+            last_hash: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        store
+            .commit(&[CaseWrite {
+                case: Some(case.clone()),
+                ..Default::default()
+            }])
+            .await
+            .expect("commit after a dangling transaction");
+        assert_eq!(store.case("c").await.expect("read"), Some(case));
+        assert!(store.on_writer(|conn| conn.is_autocommit()).await);
     }
 }
