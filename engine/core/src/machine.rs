@@ -177,6 +177,8 @@ struct Thread {
 enum Pending {
     Effect {
         thread: u32,
+        /// The action that performs it, kept so that a rebuilt state can hand it out again.
+        action: Box<Action>,
     },
     Timer {
         thread: u32,
@@ -347,7 +349,7 @@ impl CaseState {
                 ref key,
                 ref result,
             } => {
-                let Some(Pending::Effect { thread }) = self.pending.get(key).cloned() else {
+                let Some(Pending::Effect { thread, .. }) = self.pending.get(key).cloned() else {
                     return Ok(Transition::default());
                 };
                 let (key, result) = (key.clone(), result.clone());
@@ -363,7 +365,7 @@ impl CaseState {
                 ref error,
                 retryable,
             } => {
-                let Some(Pending::Effect { thread }) = self.pending.get(key).cloned() else {
+                let Some(Pending::Effect { thread, .. }) = self.pending.get(key).cloned() else {
                     return Ok(Transition::default());
                 };
                 let (key, error) = (key.clone(), error.clone());
@@ -599,6 +601,18 @@ impl CaseState {
         } else {
             "waiting"
         }
+    }
+
+    /// The effects requested and not yet answered (`Action::PerformEffect`s), by key. After
+    /// a restart, the runtime hands these out again with their idempotency keys.
+    pub fn pending_effects(&self) -> Vec<Action> {
+        self.pending
+            .values()
+            .filter_map(|p| match p {
+                Pending::Effect { action, .. } => Some((**action).clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The step the case is at (the first waiting thread's), for listings.
@@ -1580,7 +1594,7 @@ impl CaseState {
             attempt,
             timeout_ms,
         });
-        tx.act(Action::PerformEffect {
+        let action = Action::PerformEffect {
             key: key.clone(),
             step: step.id.clone(),
             connector: spec.connector.clone(),
@@ -1588,8 +1602,15 @@ impl CaseState {
             request,
             attempt,
             timeout_ms,
-        });
-        self.pending.insert(key, Pending::Effect { thread: tid });
+        };
+        tx.act(action.clone());
+        self.pending.insert(
+            key,
+            Pending::Effect {
+                thread: tid,
+                action: Box::new(action),
+            },
+        );
         self.set_waiting(tid);
         Ok(())
     }

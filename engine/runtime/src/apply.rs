@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use dossier_core::chain::{seal, SealedEvent, GENESIS};
 use dossier_core::{Action, CaseState, Program, Transition};
 use dossier_store::{
-    CaseRecord, CaseWrite, EffectRecord, EventRecord, TaskRecord, TaskUpdate, TimerRecord,
-    WaitRecord,
+    CaseRecord, CaseWrite, EventRecord, TaskRecord, TaskUpdate, TimerRecord, WaitRecord,
 };
 
 /// Where a case's chain stands before a transition.
@@ -82,26 +81,10 @@ pub fn case_write(
     });
     for a in &transition.actions {
         match a {
-            Action::PerformEffect {
-                key,
-                step,
-                connector,
-                operation,
-                request,
-                attempt,
-                timeout_ms,
-            } => w.effects_new.push(EffectRecord {
-                key: key.clone(),
-                case_id: state.case_id.clone(),
-                step: step.clone(),
-                connector: connector.clone(),
-                operation: operation.clone(),
-                request: request.to_string(),
-                attempt: *attempt as i64,
-                timeout_ms: timeout_ms.map(|t| t as i64),
-                created_at: now_ms,
-            }),
-            Action::EffectSettled { key } => w.effects_done.push(key.clone()),
+            // Connector effects need no outbox row: the history records them, and a case with an
+            // effect in flight is `running`, so a restarted engine finds it and hands the effect
+            // out again (`CaseState::pending_effects`). That spares two row writes per effect.
+            Action::PerformEffect { .. } | Action::EffectSettled { .. } => {}
             Action::SetTimer {
                 timer,
                 fire_at,
@@ -173,17 +156,6 @@ pub fn case_write(
             // Started and notified by the driver, which needs other cases' programs.
             Action::StartChild { .. } | Action::CancelChild { .. } | Action::Finished { .. } => {}
         }
-    }
-    // An effect requested and settled in the same transition never reaches the outbox.
-    let settled: Vec<String> = w
-        .effects_done
-        .iter()
-        .filter(|k| w.effects_new.iter().any(|e| &e.key == *k))
-        .cloned()
-        .collect();
-    if !settled.is_empty() {
-        w.effects_new.retain(|e| !settled.contains(&e.key));
-        w.effects_done.retain(|k| !settled.contains(k));
     }
     let cancelled: Vec<String> = w
         .timers_done

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use dossier_connectors::{EffectRequest, Registry};
 use dossier_core::replay::{replay, RecordedEvent};
 use dossier_core::{Action, CaseState, CaseStatus, Event, ParentRef, Program, Transition};
-use dossier_store::{CaseRecord, CaseWrite, EffectRecord, Store, StoreError};
+use dossier_store::{CaseFilter, CaseRecord, CaseWrite, EffectRecord, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
@@ -198,7 +198,35 @@ impl Engine {
         }
         tokio::spawn(timer_task(inner.clone()));
         // Effects whose result was never recorded (the previous run stopped) go out again,
-        // with their original idempotency keys.
+        // with their original idempotency keys: connector effects from the cases left
+        // `running`, messages between cases from the outbox.
+        let mut after: Option<String> = None;
+        loop {
+            let filter = CaseFilter {
+                status: Some("running".into()),
+                after_id: after.clone(),
+                limit: 500,
+                ..CaseFilter::default()
+            };
+            let page = inner.store.list_cases(&filter).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for rec in page {
+                match rebuild(&inner, &rec.id).await {
+                    Ok(Some(c)) => {
+                        for a in c.state.pending_effects() {
+                            if let Some(job) = EffectJob::from_action(&rec.id, &a) {
+                                dispatch_effect(&inner, job);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(case = %rec.id, error = %e, "cannot rebuild the case")
+                    }
+                }
+            }
+        }
         let mut after: Option<String> = None;
         loop {
             let page = inner.store.pending_effects(after.as_deref(), 1000).await?;
@@ -585,6 +613,11 @@ async fn load_case(inner: &Inner, cache: &mut Lru, case_id: &str) -> Result<Opti
     if let Some(c) = cache.take(case_id) {
         return Ok(Some(c));
     }
+    rebuild(inner, case_id).await
+}
+
+/// A case's state rebuilt from its history, with the program it is pinned to.
+async fn rebuild(inner: &Inner, case_id: &str) -> Result<Option<Cached>> {
     let Some(rec) = inner.store.case(case_id).await? else {
         return Ok(None);
     };
@@ -926,28 +959,10 @@ fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, processed: us
     for s in batch.staged {
         for a in &s.actions {
             match a {
-                Action::PerformEffect {
-                    key,
-                    step,
-                    connector,
-                    operation,
-                    request,
-                    attempt,
-                    timeout_ms,
-                } => {
-                    dispatch_effect(
-                        inner,
-                        EffectJob {
-                            key: key.clone(),
-                            case_id: s.case_id.clone(),
-                            step: step.clone(),
-                            connector: connector.clone(),
-                            operation: operation.clone(),
-                            request: request.clone(),
-                            attempt: *attempt,
-                            timeout_ms: *timeout_ms,
-                        },
-                    );
+                a @ Action::PerformEffect { .. } => {
+                    if let Some(job) = EffectJob::from_action(&s.case_id, a) {
+                        dispatch_effect(inner, job);
+                    }
                 }
                 Action::SetTimer { fire_at, .. } => {
                     let ms = fire_at.timestamp_millis();
@@ -999,6 +1014,32 @@ struct EffectJob {
     request: Value,
     attempt: u32,
     timeout_ms: Option<u64>,
+}
+
+impl EffectJob {
+    fn from_action(case_id: &str, a: &Action) -> Option<EffectJob> {
+        match a {
+            Action::PerformEffect {
+                key,
+                step,
+                connector,
+                operation,
+                request,
+                attempt,
+                timeout_ms,
+            } => Some(EffectJob {
+                key: key.clone(),
+                case_id: case_id.to_string(),
+                step: step.clone(),
+                connector: connector.clone(),
+                operation: operation.clone(),
+                request: request.clone(),
+                attempt: *attempt,
+                timeout_ms: *timeout_ms,
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn effect_job(e: &EffectRecord) -> EffectJob {

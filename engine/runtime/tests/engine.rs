@@ -997,9 +997,14 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
         })
         .await;
         let key = hanging.keys.lock().unwrap()[0].clone();
-        let pending = engine.store().pending_effects(None, 0).await.unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].key, key);
+        // A connector effect takes no outbox row: the case stays `running`, and its history holds
+        // the request, which is what a restarted engine hands out again.
+        assert!(engine
+            .store()
+            .pending_effects(None, 0)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
             engine
                 .store()

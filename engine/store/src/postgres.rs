@@ -71,9 +71,7 @@ impl PgStore {
     /// Uses an existing pool (the caller chose its size and options) after migrating.
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
-        Ok(Self {
-            pool,
-        })
+        Ok(Self { pool })
     }
 
     /// Closes every connection of the pool.
