@@ -4,8 +4,9 @@
 //! Order of things for every input: transition in memory → one transaction for the whole batch
 //! → only then effects are handed to workers, callers get their answer and the cache is
 //! updated. A crash before the commit loses only work whose inputs are still durable elsewhere
-//! (the outbox, the timers table, the caller who got no answer); a crash after it re-performs
-//! at most the effects whose results were not yet recorded, with the same idempotency keys.
+//! (the histories of `running` cases, the outbox of messages between cases, the timers table,
+//! the caller who got no answer); a crash after it re-performs at most the effects whose results
+//! were not yet recorded, with the same idempotency keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -42,7 +43,7 @@ pub struct EngineConfig {
     /// Case states kept in memory; the others are rebuilt from their history when needed.
     pub cache_capacity: usize,
     /// Perform effects and fire timers. Off for a process that only records new cases
-    /// (`dossier start`): their effects wait in the outbox for a working engine.
+    /// (`dossier start`): their effects wait, recorded in the histories, for a working engine.
     pub workers: bool,
 }
 
@@ -573,8 +574,8 @@ fn settle(
     let (batch, processed, result) = match done {
         Ok(d) => d,
         Err(e) => {
-            // The batch is lost with the task; its inputs come back from the database (outbox,
-            // timers) at the next start, and its callers get no answer.
+            // The batch is lost with the task; its inputs come back from the database (running
+            // cases, outbox, timers) at the next start, and its callers get no answer.
             tracing::error!(error = %e, "a commit task failed");
             return;
         }
@@ -875,9 +876,11 @@ async fn stage(
     write.effects_new.extend(internal.iter().cloned());
     let status = cached.state.status_name().to_string();
     let has_write = write != CaseWrite::default();
+    let write_index = batch.writes.len();
     if has_write {
         batch.writes.push(write);
     }
+    let staged_index = batch.staged.len();
     batch.staged.push(Staged {
         case_id: case_id.clone(),
         cached: Some(Cached { head, ..cached }),
@@ -892,7 +895,14 @@ async fn stage(
         retry,
     });
     for (child, hash, input, parent) in children {
-        start_child(inner, batch, child, hash, input, parent, now).await;
+        if let Some(notice) = start_child(inner, batch, child, hash, input, parent, now).await {
+            // A child that cannot start tells its parent through the outbox, in the parent's
+            // own transaction, like any child that ends.
+            if has_write {
+                batch.writes[write_index].effects_new.push(notice.clone());
+            }
+            batch.staged[staged_index].internal.push(notice);
+        }
     }
 }
 
@@ -904,7 +914,7 @@ async fn start_child(
     input: Value,
     parent: ParentRef,
     now: DateTime<Utc>,
-) {
+) -> Option<EffectRecord> {
     let started = match inner.programs.for_workflow_hash(&workflow_hash).await {
         Ok(program) => {
             match CaseState::start(&program, &child, input, None, Some(parent.clone()), now) {
@@ -932,24 +942,20 @@ async fn start_child(
                 now,
             ))
             .await;
+            None
         }
-        Err(why) => {
-            // The child cannot exist: the parent hears at once that it failed.
-            let event = Event::ChildFinished {
-                child,
-                status: "failed".into(),
-                output: Value::String(why),
-            };
-            submit(
-                inner,
-                Command::Input {
-                    case_id: parent.case_id,
-                    event,
-                    cleanup: Cleanup::default(),
-                    reply: None,
-                },
-            );
-        }
+        Err(why) => Some(EffectRecord {
+            key: format!("{child}:notify-parent"),
+            case_id: child,
+            step: parent.step.clone(),
+            connector: PARENT_CONNECTOR.into(),
+            operation: "notify".into(),
+            request: json!({"parent": parent.case_id, "status": "failed", "output": format!("the sub-workflow cannot start: {why}")})
+                .to_string(),
+            attempt: 1,
+            timeout_ms: None,
+            created_at: now.timestamp_millis(),
+        }),
     }
 }
 

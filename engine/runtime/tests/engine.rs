@@ -197,6 +197,7 @@ engine_tests!(
     a_task_decided_moves_the_case_on,
     cancel_runs_the_compensations,
     a_sub_workflow_call_completes_the_parent,
+    a_sub_workflow_that_cannot_start_fails_the_call_durably,
     many_cases_at_once_complete_with_one_effect_each,
     restart_while_an_effect_is_in_flight,
     restart_while_a_timer_is_pending,
@@ -327,6 +328,27 @@ output:
   salutation: resultat.salutation
 "#;
 
+const PARENT_ERRONE: &str = r#"
+id: parent_errone
+version: 1
+title: Parent dont l'enfant ne peut pas démarrer
+input:
+  nom: { type: text }
+steps:
+  - id: sous_dossier
+    call: enfant
+    with: { nom: 42 }
+    result: resultat
+    on_error: secours
+  - id: fin
+    assign: { issue: '"enfant termine"' }
+    next: end
+  - id: secours
+    assign: { issue: error.message }
+output:
+  issue: issue
+"#;
+
 const ENFANT: &str = r#"
 id: enfant
 version: 1
@@ -361,6 +383,7 @@ fn project() -> (tempfile::TempDir, Arc<Project>) {
         ("saga", SAGA),
         ("parent", PARENT),
         ("enfant", ENFANT),
+        ("parent_errone", PARENT_ERRONE),
     ] {
         write(root, &format!("workflows/{name}.yaml"), text);
     }
@@ -945,6 +968,46 @@ fn a_sub_workflow_call_completes_the_parent(db: &Db) {
             .unwrap()
             .is_empty());
         assert_eq!(n.sms.calls().len(), 1);
+        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+    });
+}
+
+fn a_sub_workflow_that_cannot_start_fails_the_call_durably(db: &Db) {
+    runtime().block_on(async {
+        let n = node(db).await;
+        let done = tokio::time::timeout(
+            DEADLINE,
+            n.engine.run_case("parent_errone", json!({"nom": "Awa"})),
+        )
+        .await
+        .expect("the parent ends in time")
+        .unwrap();
+        // The child's input does not fit (`nom` is text): no child case exists, the call fails
+        // and the parent takes its error branch.
+        assert_eq!(done.status, CaseStatus::Completed);
+        let issue = done.output["issue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            issue.contains("cannot start") && issue.contains("nom"),
+            "{issue}"
+        );
+        let cases = n
+            .engine
+            .store()
+            .list_cases(&CaseFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(cases.len(), 1, "no child case was created");
+        // The notice went through the outbox, in the parent's transaction, and left it.
+        assert!(n
+            .engine
+            .store()
+            .pending_effects(None, 0)
+            .await
+            .unwrap()
+            .is_empty());
         check_all_cases(&n.engine, &[n.sms.clone()]).await;
     });
 }

@@ -87,8 +87,10 @@ pub struct EventRecord {
     pub hash: String,
 }
 
-/// An external effect waiting in the outbox to be performed by a worker. Keyed by its
-/// idempotency key, which the connector passes on to the outside world.
+/// An effect waiting in the outbox to be performed by a worker, keyed by its idempotency key.
+/// The engine uses it for the messages between cases (a child's end to its parent, a parent's
+/// cancellation to its child); connector effects are found again from the histories of running
+/// cases instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectRecord {
     pub key: String,
