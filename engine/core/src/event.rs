@@ -110,6 +110,11 @@ pub enum Event {
     StepStarted {
         step: String,
     },
+    /// An `on_event` entry fired: the work in progress stopped, the case goes on at `goto`.
+    CaseInterrupted {
+        event: String,
+        goto: String,
+    },
     RuleEvaluated {
         step: String,
         rule: String,
@@ -253,6 +258,7 @@ impl Event {
             Event::ChildFinished { .. } => "child_finished",
             Event::CancelRequested { .. } => "cancel_requested",
             Event::StepStarted { .. } => "step_started",
+            Event::CaseInterrupted { .. } => "case_interrupted",
             Event::RuleEvaluated { .. } => "rule_evaluated",
             Event::VariablesAssigned { .. } => "variables_assigned",
             Event::BranchTaken { .. } => "branch_taken",

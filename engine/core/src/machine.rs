@@ -199,6 +199,10 @@ enum Pending {
     Child {
         thread: u32,
     },
+    /// An `on_event` entry of the workflow, by position.
+    Interrupt {
+        index: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +323,28 @@ impl CaseState {
             business_key,
             parent,
         });
+        for (index, it) in prog.workflow.on_event.iter().enumerate() {
+            let mut correlation = BTreeMap::new();
+            for (k, e) in &it.correlate {
+                let v = state.eval(&tx, &e.0).map_err(|e| {
+                    Rejection::Start(format!("on_event `{}`: {k}: {}", it.event, e.message))
+                })?;
+                correlation.insert(k.clone(), v);
+            }
+            let wait = state.next_id("w");
+            tx.emit(Event::EventAwaited {
+                step: format!("on_event:{}", it.event),
+                wait: wait.clone(),
+                event: it.event.clone(),
+                correlation: correlation.clone(),
+            });
+            tx.act(Action::AwaitEvent {
+                wait: wait.clone(),
+                event: it.event.clone(),
+                correlation: correlation_text(&correlation),
+            });
+            state.pending.insert(wait, Pending::Interrupt { index });
+        }
         state.spawn(0, None, Role::Main);
         state.run(&mut tx);
         Ok((
@@ -394,8 +420,21 @@ impl CaseState {
                 ref payload,
                 ..
             } => {
-                let Some(Pending::Wait { thread, timer }) = self.pending.get(wait).cloned() else {
-                    return Ok(Transition::default());
+                let (thread, timer) = match self.pending.get(wait).cloned() {
+                    Some(Pending::Wait { thread, timer }) => (thread, timer),
+                    Some(Pending::Interrupt { index }) => {
+                        let (wait, payload) = (wait.clone(), payload.clone());
+                        self.pending.remove(&wait);
+                        tx.emit(input);
+                        tx.act(Action::StopAwaiting { wait });
+                        self.interrupt(&mut tx, index, payload);
+                        self.run(&mut tx);
+                        return Ok(Transition {
+                            events: tx.events,
+                            actions: tx.actions,
+                        });
+                    }
+                    _ => return Ok(Transition::default()),
                 };
                 let (wait, payload) = (wait.clone(), payload.clone());
                 self.pending.remove(&wait);
@@ -912,11 +951,40 @@ impl CaseState {
         );
     }
 
-    /// Stops every thread and pending wait, then runs the compensations before the final status.
-    fn end_with(&mut self, tx: &mut Tx, ending: Ending) {
+    /// An interrupting event arrived: everything in progress stops (without compensation: the
+    /// business goes on), and the case continues at the entry's step of the top list.
+    fn interrupt(&mut self, tx: &mut Tx, index: usize, payload: Value) {
+        let it = &tx.prog.workflow.on_event[index];
+        let (event, goto, result) = (it.event.clone(), it.goto.clone(), it.result.clone());
+        self.stop_work(tx, true);
+        tx.emit(Event::CaseInterrupted {
+            event,
+            goto: goto.clone(),
+        });
+        if let Some(name) = result {
+            self.vars.insert(name, payload);
+        }
+        match tx.prog.jump(0, &goto) {
+            Ok(pc) => {
+                let main = self.spawn(0, None, Role::Main);
+                if let Some(t) = self.threads.get_mut(&main) {
+                    t.pc = pc;
+                }
+            }
+            Err(e) => self.end_with(tx, Ending::Failed(e.to_string())),
+        }
+    }
+
+    /// Stops every thread and drops every pending wait, timer, task and sub-workflow (the
+    /// interrupting events too, unless `keep_interrupts`).
+    fn stop_work(&mut self, tx: &mut Tx, keep_interrupts: bool) {
         let pending = std::mem::take(&mut self.pending);
         for (id, p) in pending {
             match p {
+                Pending::Interrupt { index } if keep_interrupts => {
+                    self.pending.insert(id, Pending::Interrupt { index });
+                }
+                Pending::Interrupt { .. } => tx.act(Action::StopAwaiting { wait: id }),
                 Pending::Timer { .. } => {
                     tx.emit(Event::TimerCancelled { timer: id.clone() });
                     tx.act(Action::CancelTimer { timer: id });
@@ -940,6 +1008,11 @@ impl CaseState {
             }
         }
         self.threads.clear();
+    }
+
+    /// Stops every thread and pending wait, then runs the compensations before the final status.
+    fn end_with(&mut self, tx: &mut Tx, ending: Ending) {
+        self.stop_work(tx, false);
         let reason = match &ending {
             Ending::Failed(e) => e.clone(),
             Ending::Cancelled(r) => format!("cancelled: {r}"),
@@ -1012,6 +1085,8 @@ impl CaseState {
                 }
             }
         }
+        // The case is over: the events that could have interrupted it are no longer awaited.
+        self.stop_work(tx, false);
         let output = Value::Object(output);
         self.status = CaseStatus::Completed;
         self.output = output.clone();

@@ -2946,3 +2946,118 @@ fn replay_diverges_when_the_rule_module_changed() {
         rule_seq
     );
 }
+
+const INTERRUPTIBLE: &str = r#"
+id: relance_interrompue
+version: 1
+title: Relance interrompue par un paiement
+input:
+  facture: { type: text }
+on_event:
+  - event: paiement_recu
+    correlate: { facture: input.facture }
+    result: paiement
+    goto: paiement_constate
+steps:
+  - id: attente
+    wait: { duration: P7D }
+  - id: decision
+    task:
+      role: recouvrement
+      title: "Relancer {{ input.facture }}"
+      outcomes: { relancer: relance_faite }
+      reminders: [P1D]
+  - id: relance_faite
+    assign: { statut: '"relancee"' }
+    next: end
+  - id: paiement_constate
+    assign: { statut: '"payee"' }
+output:
+  statut: statut
+"#;
+
+#[test]
+fn an_interrupting_event_stops_the_task_and_goes_on_at_its_step() {
+    wf(INTERRUPTIBLE)
+        .run(
+            json!({"facture": "F-9"}),
+            &[
+                (7 * DAY, In::Fire("attente", TimerPurpose::Wait)),
+                (8 * DAY, In::Event("paiement_recu", json!({"facture": "F-9", "montant": 120}))),
+            ],
+        )
+        .check(expect![[r#"
+            @+PT0S start
+              1 case_started relance_interrompue v1 sha(workflow) pins=[] input={"facture":"F-9"}
+              2 event_awaited on_event:paiement_recu c1:w1 paiement_recu {"facture":"F-9"}
+              3 step_started attente
+              4 timer_set c1:t2 attente wait at=+P7D
+                  => await c1:w1 paiement_recu {"facture":"F-9"}
+                  => set_timer c1:t2 wait at=+P7D
+            @+P7D
+              5 timer_fired c1:t2
+              6 step_completed attente
+              7 step_started decision
+              8 task_created decision 23cdd082 role=recouvrement "Relancer F-9" outcomes=["relancer"]
+              9 timer_set c1:t4 decision task_reminder at=+P8D
+                  => create_task 23cdd082 role=recouvrement
+                  => set_timer c1:t4 task_reminder at=+P8D
+            @+P8D
+             10 event_received c1:w1 paiement_recu {"facture":"F-9","montant":120}
+             11 task_cancelled 23cdd082
+             12 timer_cancelled c1:t4
+             13 case_interrupted {"goto":"paiement_constate","event":"paiement_recu"}
+             14 step_started paiement_constate
+             15 variables_assigned paiement_constate {"statut":"payee"}
+             16 step_completed paiement_constate
+             17 case_completed {"statut":"payee"}
+                  => stop_awaiting c1:w1
+                  => update_task 23cdd082 cancelled
+                  => cancel_timer c1:t4
+                  => finished completed {"statut":"payee"}
+            == completed vars={"paiement":{"facture":"F-9","montant":120},"statut":"payee"} output={"statut":"payee"}
+        "#]]);
+}
+
+#[test]
+fn an_interrupting_event_is_released_when_the_case_ends_without_it() {
+    wf(INTERRUPTIBLE)
+        .run(
+            json!({"facture": "F-10"}),
+            &[
+                (7 * DAY, In::Fire("attente", TimerPurpose::Wait)),
+                (8 * DAY, In::Decide("decision", "relancer", json!({}), "awa")),
+            ],
+        )
+        .check(expect![[r#"
+            @+PT0S start
+              1 case_started relance_interrompue v1 sha(workflow) pins=[] input={"facture":"F-10"}
+              2 event_awaited on_event:paiement_recu c1:w1 paiement_recu {"facture":"F-10"}
+              3 step_started attente
+              4 timer_set c1:t2 attente wait at=+P7D
+                  => await c1:w1 paiement_recu {"facture":"F-10"}
+                  => set_timer c1:t2 wait at=+P7D
+            @+P7D
+              5 timer_fired c1:t2
+              6 step_completed attente
+              7 step_started decision
+              8 task_created decision 23cdd082 role=recouvrement "Relancer F-10" outcomes=["relancer"]
+              9 timer_set c1:t4 decision task_reminder at=+P8D
+                  => create_task 23cdd082 role=recouvrement
+                  => set_timer c1:t4 task_reminder at=+P8D
+            @+P8D
+             10 task_decided 23cdd082 relancer by=awa data={}
+             11 timer_cancelled c1:t4
+             12 task_completed 23cdd082 relancer by=awa
+             13 step_completed decision
+             14 step_started relance_faite
+             15 variables_assigned relance_faite {"statut":"relancee"}
+             16 step_completed relance_faite
+             17 case_completed {"statut":"relancee"}
+                  => cancel_timer c1:t4
+                  => update_task 23cdd082 completed by=awa outcome=relancer
+                  => stop_awaiting c1:w1
+                  => finished completed {"statut":"relancee"}
+            == completed vars={"statut":"relancee"} output={"statut":"relancee"}
+        "#]]);
+}

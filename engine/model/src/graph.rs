@@ -29,6 +29,19 @@ pub fn mermaid(wf: &Workflow) -> String {
         1,
     );
     g.line(1, "stop([\"Fin\"])");
+    // Interrupting events: from anywhere, a dotted arrow into the top list.
+    for it in &wf.on_event {
+        let node = g.fresh("ev_", &it.event);
+        g.line(1, &format!("{node}{{{{\"⚡ {}\"}}}}", escape(&it.event)));
+        let target = if it.goto == crate::END {
+            Some("stop".to_string())
+        } else {
+            g.by_step.get(&it.goto).cloned()
+        };
+        if let Some(t) = target {
+            g.edge(&node, &t, Some("à tout moment"), true);
+        }
+    }
     g.edges.insert(
         0,
         format!("start --> {}", first.as_deref().unwrap_or("stop")),
@@ -57,6 +70,8 @@ struct Graph {
     nodes: String,
     edges: Vec<String>,
     used: HashSet<String>,
+    /// Mermaid id of each step, by step id.
+    by_step: std::collections::HashMap<String, String>,
 }
 
 impl Graph {
@@ -110,6 +125,11 @@ impl Graph {
     fn list(&mut self, steps: &[Step], exit: Option<Exit>, indent: usize) -> Option<String> {
         // Ids first, so that forward jumps find their target.
         let ids: Vec<String> = steps.iter().map(|s| self.fresh("s_", &s.id)).collect();
+        for (s, id) in steps.iter().zip(&ids) {
+            self.by_step
+                .entry(s.id.clone())
+                .or_insert_with(|| id.clone());
+        }
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
             index.entry(s.id.as_str()).or_insert(i);

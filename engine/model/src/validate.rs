@@ -353,6 +353,35 @@ impl<'a> Checker<'a> {
         for i in 0..wf.triggers.len() {
             self.check_trigger(i);
         }
+        for i in 0..wf.on_event.len() {
+            self.check_interrupt(i);
+        }
+    }
+
+    /// An `on_event` entry: an event name, correlation expressions, a variable, a top-list step.
+    fn check_interrupt(&mut self, i: usize) {
+        let wf = self.wf;
+        let it = &wf.on_event[i];
+        let path = format!("on_event[{i}]");
+        if it.event.trim().is_empty() {
+            self.error(
+                self.value(&format!("{path}.event")),
+                "the event name is empty",
+                "name the event that interrupts the case, e.g. `paiement_recu`",
+            );
+        }
+        for (key, expr) in &it.correlate {
+            self.check_expr(
+                &format!("{path}.correlate.{key}"),
+                expr.as_str(),
+                ExprContext::Case,
+            );
+        }
+        if let Some(r) = &it.result {
+            self.check_variable_name(&format!("{path}.result"), r, true);
+        }
+        // The goto leads into the top list, wherever the case stood.
+        self.check_jump(0, &format!("{path}.goto"), &it.goto);
     }
 
     // ---- the workflow as a whole ----
@@ -725,6 +754,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        names.extend(self.wf.on_event.iter().filter_map(|e| e.result.clone()));
         self.assigned = names;
     }
 
@@ -829,6 +859,14 @@ impl<'a> Checker<'a> {
         };
         let mut reached = vec![false; steps.len()];
         reach(0, &mut reached);
+        if li == 0 {
+            // An interrupting event leads into the top list from wherever the case stands.
+            for it in &self.wf.on_event {
+                if let Some(&i) = index.get(it.goto.as_str()) {
+                    reach(i, &mut reached);
+                }
+            }
+        }
         let dead: Vec<usize> = (0..steps.len()).filter(|&i| !reached[i]).collect();
         if dead.is_empty() {
             return;
@@ -858,7 +896,7 @@ impl<'a> Checker<'a> {
                 .map(|j| steps[j].id.as_str())
                 .collect();
             let id = &steps[root].id;
-            let mut hint = "link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it".to_string();
+            let mut hint = "link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it".to_string();
             if !followers.is_empty() {
                 hint.push_str(&format!(
                     "; the steps it leads to are unreachable too: {}",

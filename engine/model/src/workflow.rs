@@ -91,6 +91,11 @@ pub struct Workflow {
     pub triggers: Vec<Trigger>,
     /// The steps, run top to bottom.
     pub steps: Vec<Step>,
+    /// Events that interrupt the case wherever it stands (a payment during a reminder ladder):
+    /// whatever it waits for is dropped (timers, events, tasks, sub-workflows) and it goes on at
+    /// a step of the top list. Each is heard once, from the start until the case ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_event: Vec<EventInterrupt>,
     /// The case's output once it completes: name to expression.
     #[serde(default)]
     pub output: IndexMap<String, Expr>,
@@ -282,6 +287,22 @@ pub struct BranchArm {
     /// Condition (a Rhai expression giving true or false).
     pub when: Expr,
     /// Step to go to when the condition holds.
+    pub goto: String,
+}
+
+/// An event that interrupts the case wherever it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventInterrupt {
+    /// Event name (`paiement_recu`).
+    pub event: String,
+    /// Business keys the event must carry: key to expression computing this case's value.
+    #[serde(default)]
+    pub correlate: IndexMap<String, Expr>,
+    /// Variable that receives the event's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Step of the top list where the case goes on (`end` ends it).
     pub goto: String,
 }
 

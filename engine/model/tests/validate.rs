@@ -212,11 +212,11 @@ steps:
             workflows/test.yaml:12:16: error: `envoi_sms` is inside the parallel step `paralleles`; a jump can only reach steps of the same list
               hint: jump to a step of this list, or to `end` to finish it
             workflows/test.yaml:13:9: error: step `paralleles` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it; the steps it leads to are unreachable too: `attente`, `decision`
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it; the steps it leads to are unreachable too: `attente`, `decision`
             workflows/test.yaml:18:19: error: `debut` is in the main list of steps, outside the parallel step `paralleles`; a jump can only reach steps of the same list
               hint: use `end` to finish this list: the workflow then goes on after the parallel step `paralleles`
             workflows/test.yaml:19:17: error: step `vide` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
             workflows/test.yaml:21:23: error: the step to go to is empty
               hint: name a step of this list, or `end` to finish it
             workflows/test.yaml:29:19: error: `annulation` is inside the compensation of step `paralleles`; a jump can only reach steps of the same list
@@ -294,13 +294,13 @@ steps:
 "#,
         expect![[r#"
             workflows/test.yaml:9:9: error: step `oubliee` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it; the steps it leads to are unreachable too: `suite_oubliee`
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it; the steps it leads to are unreachable too: `suite_oubliee`
             workflows/test.yaml:18:9: error: step `morte` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
             workflows/test.yaml:25:9: error: step `apres_tache` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
             workflows/test.yaml:35:9: error: step `apres_echec` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
         "#]],
     );
 }
@@ -326,7 +326,7 @@ steps:
 "#,
         expect![[r#"
             workflows/test.yaml:14:15: error: step `jamais` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
         "#]],
     );
 }
@@ -838,7 +838,7 @@ steps:
             workflows/test.yaml:25:7: error: `2x` is not a valid variable name
               hint: use letters, digits and `_`, not starting with a digit, e.g. `n_2x`
             workflows/test.yaml:27:9: error: step `resultat` is unreachable: no path from the first step of its list leads to it
-              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`) or delete it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it
             workflows/test.yaml:29:13: error: `now` is a reserved variable and cannot be set
               hint: choose another name, such as `now_calcule`
         "#]],
@@ -894,4 +894,48 @@ fn duplicate_workflow_ids_across_files() {
         ("workflows/relance_copie.yaml", b),
         ("workflows/autre.yaml", c),
     ]));
+}
+
+#[test]
+fn interrupting_events() {
+    check(
+        r#"
+id: test
+version: 1
+title: Test
+input:
+  facture: { type: text }
+on_event:
+  - event: paiement_recu
+    correlate: { facture: input.factur }
+    result: paiement
+    goto: paiement_constat
+  - event: ""
+    goto: ligne
+steps:
+  - id: attente
+    wait: { duration: P7D }
+    next: end
+  - id: paiement_constate
+    assign: { montant: paiement.montant }
+  - id: lot
+    for_each:
+      items: '[1, 2]'
+      steps:
+        - id: ligne
+          assign: { x: item }
+"#,
+        expect![[r#"
+            workflows/test.yaml:9:27: error: the input has no field `factur`
+              hint: did you mean `facture`?
+            workflows/test.yaml:11:11: error: there is no step `paiement_constat`
+              hint: did you mean `paiement_constate`?
+            workflows/test.yaml:12:12: error: the event name is empty
+              hint: name the event that interrupts the case, e.g. `paiement_recu`
+            workflows/test.yaml:13:11: error: `ligne` is inside the for_each step `lot`; a jump can only reach steps of the same list
+              hint: jump to a step of this list, or to `end` to finish it
+            workflows/test.yaml:18:9: error: step `paiement_constate` is unreachable: no path from the first step of its list leads to it
+              hint: link it from another step (`next`, a branch arm, an outcome, `on_error`, an `on_event` goto) or delete it; the steps it leads to are unreachable too: `lot`
+        "#]],
+    );
 }

@@ -172,7 +172,7 @@ impl Engine {
         let mut correlations: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
         for def in store.definitions("workflow").await? {
             if let Ok(pw) = dossier_model::parse_workflow(&def.name, &def.source) {
-                collect_correlations(&pw.workflow.steps, &mut correlations);
+                collect_interrupts(&pw.workflow, &mut correlations);
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -414,6 +414,19 @@ fn submit(inner: &Inner, cmd: Command) {
     if inner.commands.send(cmd).is_err() {
         inner.queued.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Correlation key sets of a workflow's interrupting events and waiting steps.
+fn collect_interrupts(
+    wf: &dossier_model::Workflow,
+    out: &mut BTreeMap<String, BTreeSet<Vec<String>>>,
+) {
+    for it in &wf.on_event {
+        let mut keys: Vec<String> = it.correlate.keys().cloned().collect();
+        keys.sort();
+        out.entry(it.event.clone()).or_default().insert(keys);
+    }
+    collect_correlations(&wf.steps, out);
 }
 
 fn collect_correlations(

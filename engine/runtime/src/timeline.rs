@@ -52,6 +52,7 @@ pub fn describe(e: &Event) -> String {
             )
         }
         Event::StepStarted { step } => format!("step {step}"),
+        Event::CaseInterrupted { event, goto } => format!("  interrupted by {event}: go to {goto}"),
         Event::StepCompleted { step } => format!("  done {step}"),
         Event::RuleEvaluated {
             rule,

@@ -664,7 +664,7 @@ fn a_case_runs_to_completion_with_each_effect_performed_once(db: &Db) {
                 .len(),
             1
         );
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -738,7 +738,7 @@ fn an_event_reaches_only_the_correlated_waiting_case(db: &Db) {
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].effect.case_id, ids[1]);
         assert_eq!(calls[0].effect.request["montant"], json!(75));
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -782,7 +782,7 @@ fn a_timer_fires_when_the_clock_passes_it(db: &Db) {
             .expect("a timer_fired event");
         assert!(fired.at >= n.clock.now() - chrono::Duration::minutes(1));
         assert_eq!(n.sms.calls().len(), 1);
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -859,7 +859,7 @@ fn a_task_decided_moves_the_case_on(db: &Db) {
             .decide_task(&task.id, "valider", json!({"commentaire": "x"}), "kofi")
             .await
             .is_err());
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -926,7 +926,7 @@ fn cancel_runs_the_compensations(db: &Db) {
                 .unwrap_err(),
             RuntimeError::UnknownCase(_)
         ));
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -968,7 +968,7 @@ fn a_sub_workflow_call_completes_the_parent(db: &Db) {
             .unwrap()
             .is_empty());
         assert_eq!(n.sms.calls().len(), 1);
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -1008,7 +1008,7 @@ fn a_sub_workflow_that_cannot_start_fails_the_call_durably(db: &Db) {
             .await
             .unwrap()
             .is_empty());
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -1036,7 +1036,7 @@ fn many_cases_at_once_complete_with_one_effect_each(db: &Db) {
             assert_eq!(done.status, CaseStatus::Completed);
         }
         assert_eq!(n.sms.calls().len(), 40);
-        check_all_cases(&n.engine, &[n.sms.clone()]).await;
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
 
@@ -1114,7 +1114,7 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
             .await
             .unwrap()
             .is_empty());
-        check_all_cases(&engine, &[sms.clone()]).await;
+        check_all_cases(&engine, std::slice::from_ref(&sms)).await;
     });
 }
 
@@ -1148,6 +1148,6 @@ fn restart_while_a_timer_is_pending(db: &Db) {
             .count();
         assert_eq!(fired, 1);
         assert!(engine.store().next_timer_at().await.unwrap().is_none());
-        check_all_cases(&engine, &[sms.clone()]).await;
+        check_all_cases(&engine, std::slice::from_ref(&sms)).await;
     });
 }
