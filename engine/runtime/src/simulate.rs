@@ -190,26 +190,15 @@ impl<'p> Simulation<'p> {
 
     /// Moves virtual time to `until`, firing every timer due before it in order.
     pub async fn advance_to(&mut self, until: DateTime<Utc>) -> Result<()> {
-        let mut fired = 0;
-        while let Some(((at, _), _)) = self.timers.first_key_value() {
-            if *at > until {
-                break;
-            }
-            fired += 1;
-            if fired > MAX_TIMER_FIRES {
-                return Err(RuntimeError::Simulation(format!(
-                    "more than {MAX_TIMER_FIRES} timers fired: the workflow never ends"
-                )));
-            }
-            self.fire_next().await?;
-        }
+        self.run_to_end(until).await?;
         if until > self.now {
             self.now = until;
         }
         Ok(())
     }
 
-    /// Fires timers until none is left (or `limit` is reached).
+    /// Fires timers in order until none is left or the next is past `limit`; virtual time
+    /// stops at the last timer fired.
     pub async fn run_to_end(&mut self, limit: DateTime<Utc>) -> Result<()> {
         let mut fired = 0;
         while let Some(((at, _), _)) = self.timers.first_key_value() {
