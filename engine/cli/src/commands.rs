@@ -557,7 +557,10 @@ async fn replay_cmd(
         ),
         Err(e) => {
             println!("replay: DIVERGES at {e}");
-            code = ExitCode::from(3);
+            // A broken chain (exit 2) says more than a divergence (exit 3): it wins.
+            if report.chain.is_ok() {
+                code = ExitCode::from(3);
+            }
         }
     }
     Ok(code)

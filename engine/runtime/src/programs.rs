@@ -90,10 +90,19 @@ impl Programs {
         self.pinned(workflow_hash, &project_pins).await
     }
 
+    /// A stored source, checked against its content hash: a source altered in the database is
+    /// refused, never run.
     async fn definition(&self, hash: &str) -> Result<dossier_store::DefinitionRecord> {
-        self.store.definition(hash).await?.ok_or_else(|| {
+        let def = self.store.definition(hash).await?.ok_or_else(|| {
             RuntimeError::Corrupt(format!("no stored definition has the content hash {hash}"))
-        })
+        })?;
+        if dossier_rules::content_hash(&def.source) != hash {
+            return Err(RuntimeError::Corrupt(format!(
+                "the stored source of the {} `{}` does not match its content hash {hash}: it was altered",
+                def.kind, def.name
+            )));
+        }
+        Ok(def)
     }
 
     /// Compiles (once) the program of a workflow hash with exactly these pins.

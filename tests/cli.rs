@@ -1,0 +1,214 @@
+//! The `dossier` command as analysts and auditors use it: validate, run, graph, test, and the
+//! replay of a case from the database and from an exported file, intact and tampered with.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dossier(project: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(project)
+        .args(args)
+        .output()
+        .expect("dossier runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write(root: &Path, rel: &str, body: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("a parent")).expect("dir");
+    std::fs::write(p, body).expect("write");
+}
+
+const FRAIS: &str = r#"
+# Frais de dossier : une règle, un effet, une attente.
+id: frais_dossier
+version: 1
+title: Frais de dossier
+input:
+  montant: { type: decimal }
+steps:
+  - id: calcul
+    rule: frais.calcul
+    with: { montant: input.montant }
+    result: frais
+  - id: avis
+    action: { connector: log }
+    with: { frais: frais }
+  - id: delai
+    wait: { duration: P2D }
+output:
+  frais: frais
+"#;
+
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "workflows/frais_dossier.yaml", FRAIS);
+    write(
+        dir.path(),
+        "rules/frais.rhai",
+        "// 2 % du montant, au centime.\nfn calcul(montant) { round_to(montant * 0.02, 2) }\n",
+    );
+    dir
+}
+
+#[test]
+fn validate_names_file_line_column_and_hint_and_exits_1() {
+    let dir = project();
+    write(
+        dir.path(),
+        "workflows/frais_dossier.yaml",
+        &FRAIS.replace("rule: frais.calcul", "rule: frais.calcule"),
+    );
+    let out = dossier(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("workflows/frais_dossier.yaml:10:11: error:"),
+        "{t}"
+    );
+    assert!(t.contains("hint: did you mean `calcul`?"), "{t}");
+
+    let dir = project();
+    let out = dossier(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("0 error(s)"));
+}
+
+#[test]
+fn run_graph_and_a_90_day_test_in_virtual_time() {
+    let dir = project();
+    write(dir.path(), "input.json", r#"{"montant": 1234.56}"#);
+    let out = dossier(
+        dir.path(),
+        &[
+            "run",
+            "frais_dossier",
+            "--input",
+            &dir.path().join("input.json").to_string_lossy(),
+            "--start",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("rule frais.calcul({\"montant\":1234.56}) = 24.69"),
+        "{t}"
+    );
+    assert!(
+        t.contains("2026-01-03T00:00:00Z"),
+        "the 2-day wait is skipped in virtual time: {t}"
+    );
+    assert!(t.contains("status: completed"), "{t}");
+
+    let out = dossier(dir.path(), &["graph", "frais_dossier"]);
+    assert!(text(&out).starts_with("flowchart TD"), "{}", text(&out));
+
+    write(
+        dir.path(),
+        "workflows/frais_dossier.test.yaml",
+        "workflow: frais_dossier\ntests:\n  - name: frais de 2 %\n    input: { montant: 1000 }\n    expect:\n      status: completed\n      output: { frais: 20.00 }\n      calls: [ { connector: log, with: { frais: 20 } } ]\n  - name: faux à dessein\n    input: { montant: 1000 }\n    expect: { output: { frais: 21 } }\n",
+    );
+    let out = dossier(dir.path(), &["test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("1 passed, 1 failed"), "{t}");
+    assert!(
+        t.contains("faux à dessein: output.frais: expected 21, got 20.00"),
+        "{t}"
+    );
+}
+
+#[test]
+fn replay_from_the_database_and_from_an_export_detects_tampering() {
+    let dir = project();
+    let db = dir.path().join("cases.db").to_string_lossy().to_string();
+    write(dir.path(), "input.json", r#"{"montant": 500}"#);
+    let input = dir.path().join("input.json").to_string_lossy().to_string();
+    let out = dossier(
+        dir.path(),
+        &["start", "frais_dossier", "--input", &input, "--db", &db],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let case = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a case id")
+        .to_string();
+    let out = dossier(dir.path(), &["work", "--until-idle", "--db", &db]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // From the database.
+    let out = dossier(dir.path(), &["replay", &case, "--db", &db]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("every link holds"), "{}", text(&out));
+    assert!(text(&out).contains("replay: identical"), "{}", text(&out));
+
+    // From an exported case file, the sources included.
+    let file = dir.path().join("case.json");
+    let out = dossier(
+        dir.path(),
+        &[
+            "export",
+            &case,
+            "--db",
+            &db,
+            "--output",
+            &file.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let export: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    // Money keeps its exact digits, through the rule and the export.
+    assert_eq!(export["decisions"][0]["output"].to_string(), "10.00");
+
+    // An altered decision breaks the chain at its event.
+    let mut tampered = export.clone();
+    let history = tampered["history"].as_array_mut().unwrap();
+    let (idx, seq) = history
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e["kind"] == "rule_evaluated")
+        .map(|(i, e)| (i, e["seq"].as_i64().unwrap()))
+        .unwrap();
+    history[idx]["payload"]["output"] = serde_json::json!(1.00);
+    std::fs::write(&file, serde_json::to_string(&tampered).unwrap()).unwrap();
+    let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("chain: BROKEN at event {seq}")),
+        "{}",
+        text(&out)
+    );
+
+    // A rule rewritten after the fact (its pinned source replaced): the chain holds, but the
+    // source no longer matches the content hash the case is pinned to, and nothing runs on it.
+    let mut rewritten = export.clone();
+    let defs = rewritten["definitions"].as_object_mut().unwrap();
+    for d in defs.values_mut() {
+        if d["kind"] == "rule" {
+            d["source"] = serde_json::json!("fn calcul(montant) { round_to(montant * 0.03, 2) }\n");
+        }
+    }
+    std::fs::write(&file, serde_json::to_string(&rewritten).unwrap()).unwrap();
+    let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("every link holds"), "{t}");
+    assert!(t.contains("replay: DIVERGES"), "{t}");
+    assert!(
+        t.contains("the stored source of the rule `frais` does not match its content hash"),
+        "{t}"
+    );
+}
