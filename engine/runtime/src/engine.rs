@@ -525,7 +525,13 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
             let touched = batch.touched.clone();
             let store = inner.store.clone();
             let handle = tokio::spawn(async move {
+                let started = std::time::Instant::now();
                 let result = store.commit(&batch.writes).await;
+                tracing::debug!(
+                    writes = batch.writes.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
                 (batch, processed, result)
             });
             inflight.push_back(InFlight { touched, handle });

@@ -58,7 +58,11 @@ impl PgStore {
             .map_err(open_error)?
             // Batch statements carry thousands of array elements: keep them out of DEBUG logs
             // (still at TRACE; slow statements still warn).
-            .log_statements(log::LevelFilter::Trace);
+            .log_statements(log::LevelFilter::Trace)
+            // The batch statements join on UNNEST arrays: a plan cached while the tables were
+            // small (a sequential scan of `cases`) would stay as they grow. Planning each run
+            // with the real sizes keeps the primary-key lookups.
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
