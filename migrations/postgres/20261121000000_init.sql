@@ -27,6 +27,8 @@ ALTER TABLE cases SET (fillfactor = 70);
 CREATE INDEX cases_workflow_status ON cases (workflow_id, status);
 CREATE INDEX cases_business_key ON cases (business_key);
 CREATE INDEX cases_created_at ON cases (created_at);
+-- A restarted engine looks up the `running` cases (effects in flight) by status.
+CREATE INDEX cases_status ON cases (status);
 
 -- The hash-chained history: append-only, seq starts at 1 per case.
 CREATE TABLE events (

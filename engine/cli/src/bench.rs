@@ -206,6 +206,33 @@ async fn drive(
     Ok((wall, lat))
 }
 
+/// Runs `cases` cases with `inflight` at once on a fresh database and prints the figures.
+async fn measure(
+    project: &Arc<Project>,
+    args: &BenchArgs,
+    backend: &str,
+    cases: usize,
+    inflight: usize,
+) -> anyhow::Result<()> {
+    let db = fresh_db(backend, &args.pg, &format!("in_flight_{inflight}")).await?;
+    let engine = engine_on(project, &db.url, args.commits_in_flight).await?;
+    // Warm-up: compile the program, fill the caches, grow the files a little.
+    drive(&engine, (cases / 40).clamp(10, 500), inflight).await?;
+    let (wall, lat) = drive(&engine, cases, inflight).await?;
+    println!(
+        "{backend:<8} {inflight:>2} in flight: {:>6.0} cases/s {:>7.0} steps/s  p50 {:.2} ms  p99 {:.2} ms  ({cases} cases)  peak RSS so far {:.0} MiB",
+        cases as f64 / wall.as_secs_f64(),
+        cases as f64 * 10.0 / wall.as_secs_f64(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        mib(proc_status("VmHWM:").unwrap_or(0))
+    );
+    engine.shutdown().await;
+    drop(engine);
+    drop_db(db).await;
+    Ok(())
+}
+
 pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("workflows"))?;
@@ -233,40 +260,11 @@ pub async fn run(_root: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             .unwrap_or(1)
     );
     for backend in &args.backends {
-        // One case at a time.
-        let db = fresh_db(backend, &args.pg, "single").await?;
-        let engine = engine_on(&project, &db.url, args.commits_in_flight).await?;
-        drive(&engine, 50.min(args.single), 1).await?;
-        let (wall, lat) = drive(&engine, args.single, 1).await?;
-        println!(
-            "{backend:<8} 1 in flight : {:>8.0} cases/s  {:>9.0} steps/s  p50 {:.2} ms  p99 {:.2} ms  ({} cases)",
-            args.single as f64 / wall.as_secs_f64(),
-            args.single as f64 * 10.0 / wall.as_secs_f64(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            args.single
-        );
-        engine.shutdown().await;
-        drop(engine);
-        drop_db(db).await;
-
-        let db = fresh_db(backend, &args.pg, "many").await?;
-        let engine = engine_on(&project, &db.url, args.commits_in_flight).await?;
-        drive(&engine, 500.min(args.cases), args.inflight).await?;
-        let (wall, lat) = drive(&engine, args.cases, args.inflight).await?;
-        println!(
-            "{backend:<8} {} in flight: {:>8.0} cases/s  {:>9.0} steps/s  p50 {:.2} ms  p99 {:.2} ms  ({} cases)  peak RSS so far {:.0} MiB",
-            args.inflight,
-            args.cases as f64 / wall.as_secs_f64(),
-            args.cases as f64 * 10.0 / wall.as_secs_f64(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            args.cases,
-            mib(proc_status("VmHWM:").unwrap_or(0))
-        );
-        engine.shutdown().await;
-        drop(engine);
-        drop_db(db).await;
+        for (cases, inflight) in [(args.single, 1), (args.cases, args.inflight)] {
+            if cases > 0 {
+                measure(&project, &args, backend, cases, inflight).await?;
+            }
+        }
     }
     if args.timers > 0 {
         let backend = args
