@@ -117,6 +117,8 @@ fn run_graph_and_a_90_day_test_in_virtual_time() {
         "workflows/frais_dossier.test.yaml",
         "workflow: frais_dossier\ntests:\n  - name: frais de 2 %\n    input: { montant: 1000 }\n    expect:\n      status: completed\n      output: { frais: 20.00 }\n      calls: [ { connector: log, with: { frais: 20 } } ]\n  - name: faux à dessein\n    input: { montant: 1000 }\n    expect: { output: { frais: 21 } }\n",
     );
+    let out = dossier(dir.path(), &["test", "workflows/nulle_part.test.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "a test file that does not exist is an error: {}", text(&out));
     let out = dossier(dir.path(), &["test"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
@@ -185,12 +187,21 @@ fn replay_from_the_database_and_from_an_export_detects_tampering() {
     history[idx]["payload"]["output"] = serde_json::json!(1.00);
     std::fs::write(&file, serde_json::to_string(&tampered).unwrap()).unwrap();
     let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("chain: BROKEN at event {seq}")),
         "{}",
         text(&out)
     );
+
+    // A history cut short breaks no link, but no longer ends where the case row says.
+    let mut cut = export.clone();
+    let n = cut["history"].as_array().unwrap().len();
+    cut["history"].as_array_mut().unwrap().truncate(n - 2);
+    std::fs::write(&file, serde_json::to_string(&cut).unwrap()).unwrap();
+    let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("events were removed"), "{}", text(&out));
 
     // A rule rewritten after the fact (its pinned source replaced): the chain holds, but the
     // source no longer matches the content hash the case is pinned to, and nothing runs on it.
@@ -203,7 +214,7 @@ fn replay_from_the_database_and_from_an_export_detects_tampering() {
     }
     std::fs::write(&file, serde_json::to_string(&rewritten).unwrap()).unwrap();
     let out = dossier(dir.path(), &["replay", "--file", &file.to_string_lossy()]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("every link holds"), "{t}");
     assert!(t.contains("replay: DIVERGES"), "{t}");

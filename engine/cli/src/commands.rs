@@ -26,7 +26,8 @@ use crate::{Cli, Command};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = match &cli.project {
-        Some(p) => p.clone(),
+        // Absolute, so that file arguments can be matched against the project's files.
+        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
         None => find_root(&std::env::current_dir()?),
     };
     match cli.command {
@@ -81,8 +82,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .is_some_and(|w| w.parsed.workflow.input.contains_key("numero"));
             for n in 1..=count {
                 let mut inp = input.clone();
-                if numbered {
-                    inp["numero"] = json!(n);
+                if let (true, Some(obj)) = (numbered, inp.as_object_mut()) {
+                    obj.insert("numero".into(), json!(n));
                 }
                 let a = engine.start_case(&workflow, inp, None).await?;
                 println!("{} {}", a.case_id, a.status);
@@ -219,13 +220,16 @@ fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn collect_tests(root: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
+fn collect_tests(root: &Path, paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = paths.to_vec();
     if dirs.is_empty() {
         dirs = vec![root.join("rules"), root.join("workflows")];
     }
     let mut out = Vec::new();
     for d in dirs {
+        if !paths.is_empty() && !d.exists() {
+            bail!("{} does not exist: name test files (*.test.yaml) or folders holding them", d.display());
+        }
         if d.is_file() {
             out.push(d);
             continue;
@@ -239,13 +243,16 @@ fn collect_tests(root: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
             );
         }
     }
-    out
+    if !paths.is_empty() && out.is_empty() {
+        bail!("no test file (*.test.yaml) among the paths given");
+    }
+    Ok(out)
 }
 
 async fn test(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let project = load(root)?;
     let (mut passed, mut failed) = (0usize, 0usize);
-    for path in collect_tests(root, paths) {
+    for path in collect_tests(root, paths)? {
         let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         let shown = abs
             .strip_prefix(&project.root)
@@ -454,7 +461,8 @@ async fn export(store: &dyn Store, case_id: &str) -> anyhow::Result<Value> {
 /// The result of checking one case.
 pub struct ReplayReport {
     pub events: usize,
-    pub chain: Result<(), chain::ChainError>,
+    /// The hash chain, and its end against the case row (a history cut short breaks no link).
+    pub chain: Result<(), String>,
     pub replay: Result<(), String>,
 }
 
@@ -473,7 +481,20 @@ pub async fn check_case(
             e.prev_hash.as_str(),
             e.hash.as_str(),
         )
-    }));
+    }))
+    .map_err(|e| e.to_string())
+    .and_then(|()| {
+        let (seq, hash) = history.last().map(|e| (e.seq, e.hash.as_str())).unwrap_or((0, ""));
+        if seq == case.last_seq && hash == case.last_hash {
+            Ok(())
+        } else {
+            Err(format!(
+                "event {}: the history ends at event {seq}, but the case records event {} as its last: events were removed",
+                seq + 1,
+                case.last_seq
+            ))
+        }
+    });
     let replayed = async {
         let program = programs.for_case(case).await.map_err(|e| e.to_string())?;
         let mut events = Vec::new();
@@ -541,14 +562,14 @@ async fn replay_cmd(
         case.id,
         case.workflow_id,
         case.workflow_version,
-        &case.workflow_hash[..12.min(case.workflow_hash.len())]
+        case.workflow_hash.chars().take(12).collect::<String>()
     );
     let mut code = ExitCode::SUCCESS;
     match &report.chain {
         Ok(()) => println!("chain: {} events, every link holds", report.events),
         Err(e) => {
             println!("chain: BROKEN at {e}");
-            code = ExitCode::from(2);
+            code = ExitCode::from(3);
         }
     }
     match &report.replay {
@@ -557,9 +578,10 @@ async fn replay_cmd(
         ),
         Err(e) => {
             println!("replay: DIVERGES at {e}");
-            // A broken chain (exit 2) says more than a divergence (exit 3): it wins.
+            // A broken chain (exit 3) says more than a divergence (exit 4): it wins. Exit 2 is
+            // left to errors (no such case, no database).
             if report.chain.is_ok() {
-                code = ExitCode::from(3);
+                code = ExitCode::from(4);
             }
         }
     }

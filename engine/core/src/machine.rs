@@ -363,6 +363,15 @@ impl CaseState {
         input: Event,
         now: DateTime<Utc>,
     ) -> Result<Transition, Rejection> {
+        if self.status != CaseStatus::Running {
+            // A finished case takes no input: late results and timers are ignored; a decision
+            // or a cancellation is refused.
+            return match input {
+                Event::CancelRequested { .. } => Err(Rejection::Finished(self.status.name().into())),
+                Event::TaskDecided { task, .. } => Err(Rejection::UnknownTask(task)),
+                _ => Ok(Transition::default()),
+            };
+        }
         let mut tx = Tx {
             prog,
             now,
@@ -706,7 +715,8 @@ impl CaseState {
                 );
                 if self.ending.is_some() {
                     // Even compensation loops: stop everything.
-                    self.threads.clear();
+                    self.stop_work(tx, false);
+                    self.compensations.clear();
                     self.finish(tx);
                 } else {
                     self.end_with(tx, Ending::Failed(msg));
@@ -933,6 +943,14 @@ impl CaseState {
                 }
                 Err(e) => self.end_with(tx, Ending::Failed(e.to_string())),
             }
+            return;
+        }
+        if self.ending.is_some() && !matches!(role, Role::Compensation { .. }) {
+            // A step nested in a compensation (a branch, an iteration) failed: that compensation
+            // is abandoned, recorded, and the next one runs; the case keeps its first ending.
+            self.threads.clear();
+            tx.emit(Event::CompensationFailed { step: step.id.clone(), error: err.message });
+            self.next_compensation(tx);
             return;
         }
         if let Role::Compensation { node } = role {

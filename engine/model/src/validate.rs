@@ -112,6 +112,79 @@ pub fn validate_project(files: &[ParsedWorkflow], catalog: &dyn Catalog) -> Vec<
             }
         }
     }
+    diags.extend(call_cycles(files));
+    diags
+}
+
+/// Every `call` step of a list and the lists nested in it, with its path in the file.
+fn calls_in<'a>(steps: &'a [Step], path: &str, out: &mut Vec<(String, &'a str)>) {
+    for (i, s) in steps.iter().enumerate() {
+        let sp = format!("{path}[{i}]");
+        if let Some(c) = &s.call {
+            out.push((format!("{sp}.call"), c.as_str()));
+        }
+        for (b, branch) in s.parallel.iter().flatten().enumerate() {
+            calls_in(&branch.steps, &format!("{sp}.parallel[{b}].steps"), out);
+        }
+        if let Some(f) = &s.for_each {
+            calls_in(&f.steps, &format!("{sp}.for_each.steps"), out);
+        }
+        if let Some(c) = &s.compensate {
+            calls_in(c, &format!("{sp}.compensate"), out);
+        }
+    }
+}
+
+/// Workflows that call each other in a circle (`a` calls `b`, `b` calls `a`): each case would
+/// start the next without end. A workflow calling itself is reported by `validate_workflow`.
+fn call_cycles(files: &[ParsedWorkflow]) -> Vec<Diagnostic> {
+    let mut calls: HashMap<&str, Vec<(String, &str)>> = HashMap::new();
+    let mut file_of: HashMap<&str, &ParsedWorkflow> = HashMap::new();
+    for f in files {
+        let mut out = Vec::new();
+        calls_in(&f.workflow.steps, "steps", &mut out);
+        calls.entry(f.workflow.id.as_str()).or_insert(out);
+        file_of.entry(f.workflow.id.as_str()).or_insert(f);
+    }
+    let mut diags = Vec::new();
+    let mut ids: Vec<&str> = calls.keys().copied().collect();
+    ids.sort();
+    for start in ids {
+        for (path, callee) in &calls[start] {
+            if *callee == start {
+                continue;
+            }
+            // Is `start` reachable from `callee`? Then this call closes a circle.
+            let mut seen = HashSet::new();
+            let mut stack = vec![(*callee, vec![*callee])];
+            let mut circle = None;
+            while let Some((w, trail)) = stack.pop() {
+                if !seen.insert(w) {
+                    continue;
+                }
+                for (_, next) in calls.get(w).map(Vec::as_slice).unwrap_or(&[]) {
+                    let mut t = trail.clone();
+                    t.push(next);
+                    if *next == start {
+                        circle = Some(t);
+                        break;
+                    }
+                    stack.push((next, t));
+                }
+                if circle.is_some() {
+                    break;
+                }
+            }
+            if let Some(trail) = circle {
+                let f = file_of[start];
+                let chain = std::iter::once(start).chain(trail).collect::<Vec<_>>().join("` → `");
+                diags.push(
+                    Diagnostic::error(&f.file, f.spans.value(path), format!("calls go round in a circle: `{chain}`"))
+                        .with_hint("each case would start the next without end: break the circle, or repeat steps with `next` inside one workflow"),
+                );
+            }
+        }
+    }
     diags
 }
 

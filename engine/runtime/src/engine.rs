@@ -102,6 +102,13 @@ enum Command {
 }
 
 impl Command {
+    fn set_reply(&mut self, r: Option<oneshot::Sender<Result<Applied>>>) {
+        match self {
+            Command::Start { reply, .. } | Command::Input { reply, .. } => *reply = r,
+            Command::Stop(_) => {}
+        }
+    }
+
     fn case_id(&self) -> &str {
         match self {
             Command::Start { case_id, .. } | Command::Input { case_id, .. } => case_id,
@@ -144,6 +151,7 @@ struct Inner {
     effect_slots: Arc<Semaphore>,
     queued: AtomicUsize,
     stopped: std::sync::atomic::AtomicBool,
+    commit_failures: std::sync::atomic::AtomicU32,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Finished>>>>,
     /// Correlation key sets per event name, from every deployed workflow.
     correlations: BTreeMap<String, BTreeSet<Vec<String>>>,
@@ -190,6 +198,7 @@ impl Engine {
             timers_in_flight: Mutex::new(HashSet::new()),
             queued: AtomicUsize::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            commit_failures: std::sync::atomic::AtomicU32::new(0),
             waiters: Mutex::new(HashMap::new()),
             correlations,
         });
@@ -198,45 +207,7 @@ impl Engine {
             return Ok(Engine { inner });
         }
         tokio::spawn(timer_task(inner.clone()));
-        // Effects whose result was never recorded (the previous run stopped) go out again,
-        // with their original idempotency keys: connector effects from the cases left
-        // `running`, messages between cases from the outbox.
-        let mut after: Option<String> = None;
-        loop {
-            let filter = CaseFilter {
-                status: Some("running".into()),
-                after_id: after.clone(),
-                limit: 500,
-                ..CaseFilter::default()
-            };
-            let page = inner.store.list_cases(&filter).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for rec in page {
-                match rebuild(&inner, &rec.id).await {
-                    Ok(Some(c)) => {
-                        for a in c.state.pending_effects() {
-                            if let Some(job) = EffectJob::from_action(&rec.id, &a) {
-                                dispatch_effect(&inner, job);
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(case = %rec.id, error = %e, "cannot rebuild the case")
-                    }
-                }
-            }
-        }
-        let mut after: Option<String> = None;
-        loop {
-            let page = inner.store.pending_effects(after.as_deref(), 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            for e in page {
-                dispatch_effect(&inner, effect_job(&e));
-            }
-        }
+        recover(&inner, None).await?;
         Ok(Engine { inner })
     }
 
@@ -391,9 +362,8 @@ impl Engine {
 
     /// True when nothing is queued, no effect is in flight and no timer is due.
     pub async fn is_idle(&self) -> Result<bool> {
-        if self.inner.queued.load(Ordering::SeqCst) > 0
-            || !lock(&self.inner.effects_in_flight).is_empty()
-        {
+        // One counter covers commands not yet committed and effects not yet answered.
+        if self.inner.queued.load(Ordering::SeqCst) > 0 {
             return Ok(false);
         }
         let now = self.inner.clock.now().timestamp_millis();
@@ -457,7 +427,13 @@ struct Batch {
     writes: Vec<CaseWrite>,
     staged: Vec<Staged>,
     touched: HashSet<String>,
+    /// Sub-workflow cases started within this batch (bounded: see `MAX_CHILD_STARTS`).
+    children_started: usize,
 }
+
+/// Sub-workflow cases one batch may start. A circle of calls is refused by the validator; this
+/// keeps a case that slipped through (an old stored version) from stalling the engine.
+const MAX_CHILD_STARTS: usize = 1000;
 
 /// A batch whose commit is under way, with the cases it holds.
 struct InFlight {
@@ -474,10 +450,9 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
     let mut cache: Lru = Lru::new(inner.config.cache_capacity);
     let mut deferred: VecDeque<Command> = VecDeque::new();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut stop: Option<oneshot::Sender<()>> = None;
     loop {
         let mut cmds: Vec<Command> = deferred.drain(..).collect();
-        if cmds.is_empty() && stop.is_none() {
+        if cmds.is_empty() {
             match inflight.front_mut() {
                 None => match rx.recv().await {
                     Some(c) => cmds.push(c),
@@ -491,35 +466,45 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
                         },
                         done = &mut oldest.handle => {
                             inflight.pop_front();
-                            settle(&inner, &mut cache, &mut deferred, done);
+                            pause(settle(&inner, &mut cache, &mut deferred, done)).await;
                             continue;
                         }
                     }
                 }
             }
         }
-        while stop.is_none() && cmds.len() < inner.config.max_batch {
+        while cmds.len() < inner.config.max_batch {
             match rx.try_recv() {
                 Ok(c) => cmds.push(c),
                 Err(_) => break,
             }
         }
         let mut commands = Vec::with_capacity(cmds.len());
+        let mut stop = None;
         for c in cmds {
             match c {
                 Command::Stop(tx) => stop = Some(tx),
                 other => commands.push(other),
             }
         }
-        let (batch, processed) =
-            prepare_batch(&inner, &mut cache, &mut deferred, &inflight, commands).await;
+        if let Some(tx) = stop {
+            // Stop: the commits under way finish (their effects are handed out), nothing new is
+            // prepared; the commands left are answered by the closing channel.
+            while let Some(oldest) = inflight.pop_front() {
+                let done = oldest.handle.await;
+                let _ = settle(&inner, &mut cache, &mut deferred, done);
+            }
+            let _ = tx.send(());
+            return;
+        }
+        let (batch, processed) = prepare_batch(&inner, &mut cache, &mut deferred, &inflight, commands).await;
         if batch.writes.is_empty() {
             finish_batch(&inner, &mut cache, batch, processed);
         } else {
             while inflight.len() >= inner.config.commits_in_flight.max(1) {
                 if let Some(oldest) = inflight.pop_front() {
                     let done = oldest.handle.await;
-                    settle(&inner, &mut cache, &mut deferred, done);
+                    pause(settle(&inner, &mut cache, &mut deferred, done)).await;
                 }
             }
             let touched = batch.touched.clone();
@@ -536,17 +521,20 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
             });
             inflight.push_back(InFlight { touched, handle });
         }
-        if processed == 0 || stop.is_some() {
-            // Nothing could be prepared (every command waits for a batch in flight), or the
-            // engine stops: let the oldest commit finish first.
+        if processed == 0 {
+            // Nothing could be prepared: every command waits for a batch in flight.
             if let Some(oldest) = inflight.pop_front() {
                 let done = oldest.handle.await;
-                settle(&inner, &mut cache, &mut deferred, done);
-            } else if let Some(tx) = stop.take() {
-                let _ = tx.send(());
-                return;
+                pause(settle(&inner, &mut cache, &mut deferred, done)).await;
             }
         }
+    }
+}
+
+/// Waits before the next batch when the database is failing.
+async fn pause(backoff: Option<Duration>) {
+    if let Some(d) = backoff {
+        tokio::time::sleep(d).await;
     }
 }
 
@@ -560,11 +548,7 @@ async fn prepare_batch(
     cmds: Vec<Command>,
 ) -> (Batch, usize) {
     let now = crate::to_millis(inner.clock.now());
-    let mut batch = Batch {
-        writes: Vec::new(),
-        staged: Vec::new(),
-        touched: HashSet::new(),
-    };
+    let mut batch = Batch { writes: Vec::new(), staged: Vec::new(), touched: HashSet::new(), children_started: 0 };
     // Commands stay counted as queued until their batch is committed and dispatched, so that
     // `Engine::is_idle` never sees a gap between a commit and its effects.
     let mut processed = 0;
@@ -581,50 +565,63 @@ async fn prepare_batch(
 }
 
 /// Handles a finished commit: dispatch what follows, or run the commands again.
+/// Consecutive failed commits (other than conflicts) after which the commands of a failing
+/// batch are answered with the error instead of being tried again.
+const MAX_COMMIT_FAILURES: u32 = 5;
+
+/// Handles a finished commit: dispatch what follows, or run the commands again. Returns how long
+/// to pause before the next batch when the database is failing.
 fn settle(
     inner: &Arc<Inner>,
     cache: &mut Lru,
     deferred: &mut VecDeque<Command>,
-    done: std::result::Result<
-        (Batch, usize, std::result::Result<(), StoreError>),
-        tokio::task::JoinError,
-    >,
-) {
+    done: std::result::Result<(Batch, usize, std::result::Result<(), StoreError>), tokio::task::JoinError>,
+) -> Option<Duration> {
     let (batch, processed, result) = match done {
         Ok(d) => d,
         Err(e) => {
             // The batch is lost with the task; its inputs come back from the database (running
-            // cases, outbox, timers) at the next start, and its callers get no answer.
+            // cases, outbox, timers), and its callers get no answer.
             tracing::error!(error = %e, "a commit task failed");
-            return;
+            return None;
         }
     };
     match result {
-        Ok(()) => finish_batch(inner, cache, batch, processed),
+        Ok(()) => {
+            inner.commit_failures.store(0, Ordering::SeqCst);
+            finish_batch(inner, cache, batch, processed);
+            None
+        }
         Err(e) => {
-            if !matches!(e, StoreError::Conflict { .. }) {
-                tracing::error!(error = %e, "commit failed; the batch's inputs are retried");
+            let conflict = matches!(e, StoreError::Conflict { .. });
+            let failures = if conflict { 0 } else { inner.commit_failures.fetch_add(1, Ordering::SeqCst) + 1 };
+            let give_up = failures >= MAX_COMMIT_FAILURES;
+            if !conflict {
+                tracing::error!(error = %e, failures, give_up, "commit failed");
             }
             // Nothing of the batch was written: forget the states built on it and run the
-            // commands again from what the database holds.
-            let mut again = 0;
+            // commands again from what the database holds, before any command that arrived
+            // meanwhile for the same cases, each with its caller still waiting.
+            let mut retries = Vec::new();
             for s in batch.staged {
                 cache.remove(&s.case_id);
-                match s.retry {
-                    Some(cmd) => {
-                        again += 1;
-                        deferred.push_back(cmd)
+                match (s.retry, give_up) {
+                    (Some(mut cmd), false) => {
+                        cmd.set_reply(s.reply);
+                        retries.push(cmd);
                     }
-                    None => {
+                    _ => {
                         if let Some(r) = s.reply {
                             let _ = r.send(Err(RuntimeError::Store(e.to_string())));
                         }
                     }
                 }
             }
-            inner
-                .queued
-                .fetch_sub(processed.saturating_sub(again), Ordering::SeqCst);
+            inner.queued.fetch_sub(processed.saturating_sub(retries.len()), Ordering::SeqCst);
+            for cmd in retries.into_iter().rev() {
+                deferred.push_front(cmd);
+            }
+            (!conflict).then(|| Duration::from_millis(100u64 << failures.min(6)))
         }
     }
 }
@@ -664,6 +661,54 @@ async fn rebuild(inner: &Inner, case_id: &str) -> Result<Option<Cached>> {
         program,
         head,
     }))
+}
+
+/// Hands out again the effects whose result was never recorded: connector effects of the cases
+/// left `running` (rebuilt from their histories), messages between cases from the outbox.
+/// At start every running case is looked at; later (`stale_before`), only the cases no
+/// transition touched for a while: cases started by another process (`dossier start`) or whose
+/// result was lost with a failed batch. Effects already in flight are not sent twice.
+async fn recover(inner: &Arc<Inner>, stale_before: Option<i64>) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let filter = CaseFilter {
+            status: Some("running".into()),
+            after_id: after.clone(),
+            limit: 500,
+            ..CaseFilter::default()
+        };
+        let page = inner.store.list_cases(&filter).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for rec in page {
+            if stale_before.is_some_and(|t| rec.updated_at >= t) {
+                continue;
+            }
+            match rebuild(inner, &rec.id).await {
+                Ok(Some(c)) => {
+                    for a in c.state.pending_effects() {
+                        if let Some(job) = EffectJob::from_action(&rec.id, &a) {
+                            dispatch_effect(inner, job);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(case = %rec.id, error = %e, "cannot rebuild the case"),
+            }
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = inner.store.pending_effects(after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        for e in page {
+            if stale_before.is_none_or(|t| e.created_at < t) {
+                dispatch_effect(inner, effect_job(&e));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn head_of(rec: &CaseRecord) -> ChainHead {
@@ -925,6 +970,25 @@ async fn stage(
     }
 }
 
+/// The notice that tells a parent its sub-workflow case could not start, through the outbox.
+fn cannot_start(child: &str, parent: &ParentRef, why: &str, now: DateTime<Utc>) -> EffectRecord {
+    EffectRecord {
+        key: format!("{child}:notify-parent"),
+        case_id: child.to_string(),
+        step: parent.step.clone(),
+        connector: PARENT_CONNECTOR.into(),
+        operation: "notify".into(),
+        request: json!({
+            "parent": parent.case_id, "status": "failed",
+            "output": format!("the sub-workflow cannot start: {why}"),
+        })
+        .to_string(),
+        attempt: 1,
+        timeout_ms: None,
+        created_at: now.timestamp_millis(),
+    }
+}
+
 async fn start_child(
     inner: &Inner,
     batch: &mut Batch,
@@ -934,6 +998,11 @@ async fn start_child(
     parent: ParentRef,
     now: DateTime<Utc>,
 ) -> Option<EffectRecord> {
+    batch.children_started += 1;
+    if batch.children_started > MAX_CHILD_STARTS {
+        let why = format!("more than {MAX_CHILD_STARTS} sub-workflow cases started at once (calls going round in a circle?)");
+        return Some(cannot_start(&child, &parent, &why, now));
+    }
     let started = match inner.programs.for_workflow_hash(&workflow_hash).await {
         Ok(program) => {
             match CaseState::start(&program, &child, input, None, Some(parent.clone()), now) {
@@ -963,18 +1032,7 @@ async fn start_child(
             .await;
             None
         }
-        Err(why) => Some(EffectRecord {
-            key: format!("{child}:notify-parent"),
-            case_id: child,
-            step: parent.step.clone(),
-            connector: PARENT_CONNECTOR.into(),
-            operation: "notify".into(),
-            request: json!({"parent": parent.case_id, "status": "failed", "output": format!("the sub-workflow cannot start: {why}")})
-                .to_string(),
-            attempt: 1,
-            timeout_ms: None,
-            created_at: now.timestamp_millis(),
-        }),
+        Err(why) => Some(cannot_start(&child, &parent, &why, now)),
     }
 }
 
@@ -1080,6 +1138,15 @@ fn effect_job(e: &EffectRecord) -> EffectJob {
     }
 }
 
+/// Queues an effect's outcome for its case, then lets go of the effect: in that order, so that
+/// the work is counted in `queued` throughout.
+fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
+    let cleanup = Cleanup { effect: Some(key.clone()), timer: None };
+    submit(inner, Command::Input { case_id, event, cleanup, reply: None });
+    lock(&inner.effects_in_flight).remove(&key);
+    inner.queued.fetch_sub(1, Ordering::SeqCst);
+}
+
 fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
     if !inner.config.workers {
         return;
@@ -1087,6 +1154,8 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
     if !lock(&inner.effects_in_flight).insert(job.key.clone()) {
         return;
     }
+    // An effect in flight counts as queued work until its outcome is queued (`hand_back`).
+    inner.queued.fetch_add(1, Ordering::SeqCst);
     let inner = inner.clone();
     tokio::spawn(async move {
         let key = job.key.clone();
@@ -1099,20 +1168,7 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
                 reason: "the parent case ended".into(),
                 by: "dossier".into(),
             };
-            lock(&inner.effects_in_flight).remove(&key);
-            let cleanup = Cleanup {
-                effect: Some(key),
-                timer: None,
-            };
-            submit(
-                &inner,
-                Command::Input {
-                    case_id: child,
-                    event,
-                    cleanup,
-                    reply: None,
-                },
-            );
+            hand_back(&inner, key, child, event);
             return;
         }
         if job.connector == PARENT_CONNECTOR {
@@ -1128,19 +1184,7 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
                     .to_string(),
                 output: job.request["output"].clone(),
             };
-            lock(&inner.effects_in_flight).remove(&key);
-            submit(
-                &inner,
-                Command::Input {
-                    case_id: parent,
-                    event,
-                    cleanup: Cleanup {
-                        effect: Some(key),
-                        timer: None,
-                    },
-                    reply: None,
-                },
-            );
+            hand_back(&inner, key, parent, event);
             return;
         }
         let permit = inner.effect_slots.clone().acquire_owned().await;
@@ -1174,28 +1218,28 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
                 retryable: e.is_transient(),
             },
         };
-        lock(&inner.effects_in_flight).remove(&key);
-        submit(
-            &inner,
-            Command::Input {
-                case_id: job.case_id,
-                event,
-                cleanup: Cleanup {
-                    effect: Some(key),
-                    timer: None,
-                },
-                reply: None,
-            },
-        );
+        hand_back(&inner, key, job.case_id, event);
     });
 }
 
 // ---- timers ----
 
+/// How often the timer task looks for work left behind (see [`recover`]), and how old a
+/// `running` case must be to count as left behind.
+const RECOVERY_EVERY: Duration = Duration::from_secs(5);
+
 async fn timer_task(inner: Arc<Inner>) {
+    let mut last_recovery = std::time::Instant::now();
     loop {
         if inner.stopped.load(Ordering::SeqCst) {
             return;
+        }
+        if last_recovery.elapsed() >= RECOVERY_EVERY {
+            last_recovery = std::time::Instant::now();
+            let stale = inner.clock.now().timestamp_millis() - RECOVERY_EVERY.as_millis() as i64;
+            if let Err(e) = recover(&inner, Some(stale)).await {
+                tracing::warn!(error = %e, "cannot look for work left behind");
+            }
         }
         let now = inner.clock.now().timestamp_millis();
         inner.next_timer_hint.store(i64::MAX, Ordering::SeqCst);

@@ -59,6 +59,9 @@ pub struct Simulation<'p> {
     next_case: u32,
 }
 
+/// Sub-workflow cases started in one instant, at most (as the live engine's batches).
+const MAX_CHILD_STARTS: usize = 1000;
+
 /// Safety net against a workflow whose timers never stop (a loop with a wait).
 const MAX_TIMER_FIRES: usize = 100_000;
 
@@ -231,6 +234,7 @@ impl<'p> Simulation<'p> {
 
     /// Performs queued effects (and what they lead to) until nothing is left at this instant.
     async fn settle(&mut self) -> Result<()> {
+        let mut started_children = 0;
         while let Some((case_id, action)) = self.effects.pop_front() {
             match action {
                 Action::PerformEffect {
@@ -277,6 +281,12 @@ impl<'p> Simulation<'p> {
                     parent,
                     workflow,
                 } => {
+                    started_children += 1;
+                    if started_children > MAX_CHILD_STARTS {
+                        return Err(RuntimeError::Simulation(format!(
+                            "more than {MAX_CHILD_STARTS} sub-workflow cases started at once: calls going round in a circle?"
+                        )));
+                    }
                     let program = match self
                         .project
                         .workflows
@@ -297,7 +307,8 @@ impl<'p> Simulation<'p> {
                         let event = Event::ChildFinished {
                             child,
                             status: "failed".into(),
-                            output: Value::String(e.to_string()),
+                            // Worded as the live engine words it.
+                            output: Value::String(format!("the sub-workflow cannot start: {e}")),
                         };
                         let case = self
                             .cases
