@@ -118,7 +118,12 @@ fn run_graph_and_a_90_day_test_in_virtual_time() {
         "workflow: frais_dossier\ntests:\n  - name: frais de 2 %\n    input: { montant: 1000 }\n    expect:\n      status: completed\n      output: { frais: 20.00 }\n      calls: [ { connector: log, with: { frais: 20 } } ]\n  - name: faux à dessein\n    input: { montant: 1000 }\n    expect: { output: { frais: 21 } }\n",
     );
     let out = dossier(dir.path(), &["test", "workflows/nulle_part.test.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "a test file that does not exist is an error: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a test file that does not exist is an error: {}",
+        text(&out)
+    );
     let out = dossier(dir.path(), &["test"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);

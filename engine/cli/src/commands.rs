@@ -228,7 +228,10 @@ fn collect_tests(root: &Path, paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>>
     let mut out = Vec::new();
     for d in dirs {
         if !paths.is_empty() && !d.exists() {
-            bail!("{} does not exist: name test files (*.test.yaml) or folders holding them", d.display());
+            bail!(
+                "{} does not exist: name test files (*.test.yaml) or folders holding them",
+                d.display()
+            );
         }
         if d.is_file() {
             out.push(d);

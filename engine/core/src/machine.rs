@@ -367,7 +367,9 @@ impl CaseState {
             // A finished case takes no input: late results and timers are ignored; a decision
             // or a cancellation is refused.
             return match input {
-                Event::CancelRequested { .. } => Err(Rejection::Finished(self.status.name().into())),
+                Event::CancelRequested { .. } => {
+                    Err(Rejection::Finished(self.status.name().into()))
+                }
                 Event::TaskDecided { task, .. } => Err(Rejection::UnknownTask(task)),
                 _ => Ok(Transition::default()),
             };
@@ -949,7 +951,10 @@ impl CaseState {
             // A step nested in a compensation (a branch, an iteration) failed: that compensation
             // is abandoned, recorded, and the next one runs; the case keeps its first ending.
             self.threads.clear();
-            tx.emit(Event::CompensationFailed { step: step.id.clone(), error: err.message });
+            tx.emit(Event::CompensationFailed {
+                step: step.id.clone(),
+                error: err.message,
+            });
             self.next_compensation(tx);
             return;
         }

@@ -177,7 +177,10 @@ fn call_cycles(files: &[ParsedWorkflow]) -> Vec<Diagnostic> {
             }
             if let Some(trail) = circle {
                 let f = file_of[start];
-                let chain = std::iter::once(start).chain(trail).collect::<Vec<_>>().join("` → `");
+                let chain = std::iter::once(start)
+                    .chain(trail)
+                    .collect::<Vec<_>>()
+                    .join("` → `");
                 diags.push(
                     Diagnostic::error(&f.file, f.spans.value(path), format!("calls go round in a circle: `{chain}`"))
                         .with_hint("each case would start the next without end: break the circle, or repeat steps with `next` inside one workflow"),

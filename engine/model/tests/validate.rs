@@ -944,7 +944,8 @@ steps:
 fn calls_that_go_round_in_a_circle() {
     let a = "id: aller\nversion: 1\ntitle: A\nsteps:\n  - id: vers_b\n    call: retour\n";
     let b = "id: retour\nversion: 1\ntitle: B\nsteps:\n  - id: lot\n    for_each:\n      items: '[1]'\n      steps:\n        - id: vers_a\n          call: aller\n";
-    let diags = common::project_diagnostics(&[("workflows/aller.yaml", a), ("workflows/retour.yaml", b)]);
+    let diags =
+        common::project_diagnostics(&[("workflows/aller.yaml", a), ("workflows/retour.yaml", b)]);
     let circles: Vec<&str> = diags.lines().filter(|l| l.contains("circle")).collect();
     expect![[r#"
         workflows/aller.yaml:6:11: error: calls go round in a circle: `aller` → `retour` → `aller`

@@ -497,7 +497,8 @@ async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Command>) 
             let _ = tx.send(());
             return;
         }
-        let (batch, processed) = prepare_batch(&inner, &mut cache, &mut deferred, &inflight, commands).await;
+        let (batch, processed) =
+            prepare_batch(&inner, &mut cache, &mut deferred, &inflight, commands).await;
         if batch.writes.is_empty() {
             finish_batch(&inner, &mut cache, batch, processed);
         } else {
@@ -548,7 +549,12 @@ async fn prepare_batch(
     cmds: Vec<Command>,
 ) -> (Batch, usize) {
     let now = crate::to_millis(inner.clock.now());
-    let mut batch = Batch { writes: Vec::new(), staged: Vec::new(), touched: HashSet::new(), children_started: 0 };
+    let mut batch = Batch {
+        writes: Vec::new(),
+        staged: Vec::new(),
+        touched: HashSet::new(),
+        children_started: 0,
+    };
     // Commands stay counted as queued until their batch is committed and dispatched, so that
     // `Engine::is_idle` never sees a gap between a commit and its effects.
     let mut processed = 0;
@@ -575,7 +581,10 @@ fn settle(
     inner: &Arc<Inner>,
     cache: &mut Lru,
     deferred: &mut VecDeque<Command>,
-    done: std::result::Result<(Batch, usize, std::result::Result<(), StoreError>), tokio::task::JoinError>,
+    done: std::result::Result<
+        (Batch, usize, std::result::Result<(), StoreError>),
+        tokio::task::JoinError,
+    >,
 ) -> Option<Duration> {
     let (batch, processed, result) = match done {
         Ok(d) => d,
@@ -594,7 +603,11 @@ fn settle(
         }
         Err(e) => {
             let conflict = matches!(e, StoreError::Conflict { .. });
-            let failures = if conflict { 0 } else { inner.commit_failures.fetch_add(1, Ordering::SeqCst) + 1 };
+            let failures = if conflict {
+                0
+            } else {
+                inner.commit_failures.fetch_add(1, Ordering::SeqCst) + 1
+            };
             let give_up = failures >= MAX_COMMIT_FAILURES;
             if !conflict {
                 tracing::error!(error = %e, failures, give_up, "commit failed");
@@ -617,7 +630,9 @@ fn settle(
                     }
                 }
             }
-            inner.queued.fetch_sub(processed.saturating_sub(retries.len()), Ordering::SeqCst);
+            inner
+                .queued
+                .fetch_sub(processed.saturating_sub(retries.len()), Ordering::SeqCst);
             for cmd in retries.into_iter().rev() {
                 deferred.push_front(cmd);
             }
@@ -1141,8 +1156,19 @@ fn effect_job(e: &EffectRecord) -> EffectJob {
 /// Queues an effect's outcome for its case, then lets go of the effect: in that order, so that
 /// the work is counted in `queued` throughout.
 fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
-    let cleanup = Cleanup { effect: Some(key.clone()), timer: None };
-    submit(inner, Command::Input { case_id, event, cleanup, reply: None });
+    let cleanup = Cleanup {
+        effect: Some(key.clone()),
+        timer: None,
+    };
+    submit(
+        inner,
+        Command::Input {
+            case_id,
+            event,
+            cleanup,
+            reply: None,
+        },
+    );
     lock(&inner.effects_in_flight).remove(&key);
     inner.queued.fetch_sub(1, Ordering::SeqCst);
 }
