@@ -272,29 +272,33 @@ impl Engine {
         let Some(key_sets) = self.inner.correlations.get(name) else {
             return Ok(reached);
         };
+        let mut waits = Vec::new();
         for keys in key_sets {
-            let mut values = BTreeMap::new();
-            for k in keys {
-                match payload.get(k) {
-                    Some(v) => {
-                        values.insert(k.clone(), v.clone());
-                    }
-                    None => break,
-                }
-            }
+            let values: BTreeMap<String, Value> = keys
+                .iter()
+                .filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
             if values.len() != keys.len() {
                 continue;
             }
             let text = dossier_core::correlation_text(&values);
             for w in self.inner.store.waits_for(name, &text).await? {
-                let event = Event::EventReceived {
-                    wait: w.id.clone(),
-                    event: name.to_string(),
-                    payload: payload.clone(),
-                };
-                let applied = self.input(&w.case_id, event).await?;
-                if applied.recorded {
-                    reached.push(w.case_id);
+                waits.push((w.id, w.case_id));
+            }
+        }
+        crate::delivery_order(&mut waits);
+        for (wait, case_id) in waits {
+            let event = Event::EventReceived {
+                wait,
+                event: name.to_string(),
+                payload: payload.clone(),
+            };
+            // One case that cannot take the event does not keep it from the others.
+            match self.input(&case_id, event).await {
+                Ok(applied) if applied.recorded => reached.push(case_id),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(case = %case_id, error = %e, "the event could not be delivered")
                 }
             }
         }

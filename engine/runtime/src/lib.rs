@@ -58,6 +58,19 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }
 
+/// The order in which the waits an event matches receive it, the same live and in virtual
+/// time: by case, then in the order each case began to wait (its `on_event` entries first, as
+/// they are registered when it starts). Waits are `(wait id, case id)`; ids end in `:w<n>`.
+pub(crate) fn delivery_order(waits: &mut Vec<(String, String)>) {
+    let number = |id: &str| {
+        id.rsplit_once(":w")
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    waits.sort_by(|a, b| a.1.cmp(&b.1).then(number(&a.0).cmp(&number(&b.0))));
+    waits.dedup();
+}
+
 /// `t` truncated to the millisecond: histories store milliseconds, and replay must see the very
 /// instant the state machine saw.
 pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {

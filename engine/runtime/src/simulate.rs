@@ -145,12 +145,13 @@ impl<'p> Simulation<'p> {
     /// Delivers a named event to every case waiting for it with matching keys.
     pub async fn send_event(&mut self, name: &str, payload: Value) -> Result<Vec<String>> {
         let mut reached = Vec::new();
-        let matching: Vec<(String, String)> = self
+        let mut matching: Vec<(String, String)> = self
             .waits
             .iter()
             .filter(|(_, _, ev, corr)| ev == name && correlation_matches(corr, &payload))
             .map(|(w, c, _, _)| (w.clone(), c.clone()))
             .collect();
+        crate::delivery_order(&mut matching);
         for (wait, case_id) in matching {
             let event = Event::EventReceived {
                 wait,
