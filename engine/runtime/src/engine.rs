@@ -806,6 +806,10 @@ async fn prepare(
             let cached = match load_case(inner, cache, &case_id).await {
                 Ok(Some(c)) => c,
                 Ok(None) => {
+                    // No such case: a timer or message addressed to it is dropped for good.
+                    if let Some(w) = cleanup_write(&cleanup) {
+                        batch.writes.push(w);
+                    }
                     if let Some(r) = reply {
                         let _ = r.send(Err(RuntimeError::UnknownCase(case_id.clone())));
                     }
