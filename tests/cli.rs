@@ -228,3 +228,48 @@ fn replay_from_the_database_and_from_an_export_detects_tampering() {
         "{t}"
     );
 }
+
+#[test]
+fn a_running_worker_picks_up_cases_started_by_another_process() {
+    let dir = project();
+    write(
+        dir.path(),
+        "workflows/avis.yaml",
+        "id: avis\nversion: 1\ntitle: Avis\ninput:\n  texte: { type: text }\nsteps:\n  - id: envoi\n    action: { connector: log }\n    with: { texte: input.texte }\n",
+    );
+    write(dir.path(), "avis.json", r#"{"texte": "bonjour"}"#);
+    let db = dir.path().join("cases.db").to_string_lossy().to_string();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(dir.path())
+        .args(["work", "--db", &db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dossier work runs");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let input = dir.path().join("avis.json").to_string_lossy().to_string();
+    let out = dossier(
+        dir.path(),
+        &["start", "avis", "--input", &input, "--db", &db],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // `dossier start` only records the case; the worker finds it (at most 5 s after it stopped
+    // moving) and performs its effect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut done = false;
+    while std::time::Instant::now() < deadline {
+        let out = dossier(dir.path(), &["cases", "--db", &db, "--status", "completed"]);
+        if String::from_utf8_lossy(&out.stdout).contains("avis") {
+            done = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        done,
+        "the running worker never completed the case started by `dossier start`"
+    );
+}
