@@ -4,6 +4,7 @@
 //! re-derive a history years later.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use dossier_model::{parse_instant, IsoDuration, StepKind, END};
@@ -1171,12 +1172,22 @@ impl CaseState {
         m
     }
 
-    fn eval(&self, tx: &Tx, source: &str) -> Result<Value, StepError> {
+    /// The compiled expression and the variables it reads.
+    fn prepared(
+        &self,
+        tx: &Tx,
+        source: &str,
+    ) -> Result<(Arc<dossier_rules::Expr>, Map<String, Value>), StepError> {
         let expr = tx
             .prog
             .expr(source)
             .map_err(|e| StepError::fatal(e.to_string()))?;
         let scope = self.expr_scope(tx, &expr);
+        Ok((expr, scope))
+    }
+
+    fn eval(&self, tx: &Tx, source: &str) -> Result<Value, StepError> {
+        let (expr, scope) = self.prepared(tx, source)?;
         tx.prog
             .rules
             .eval_expr(&expr, &scope, &tx.ctx())
@@ -1184,11 +1195,7 @@ impl CaseState {
     }
 
     fn eval_bool(&self, tx: &Tx, source: &str) -> Result<bool, StepError> {
-        let expr = tx
-            .prog
-            .expr(source)
-            .map_err(|e| StepError::fatal(e.to_string()))?;
-        let scope = self.expr_scope(tx, &expr);
+        let (expr, scope) = self.prepared(tx, source)?;
         tx.prog
             .rules
             .eval_bool(&expr, &scope, &tx.ctx())
