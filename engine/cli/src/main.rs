@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod serve;
 mod store;
 
 use std::path::PathBuf;
@@ -114,6 +115,23 @@ enum Command {
     },
     /// Measure throughput, latency and memory (see the README).
     Bench(bench::BenchArgs),
+    /// Run the engine with the HTTP API, webhooks and the task inbox.
+    Serve {
+        #[arg(long, env = "DOSSIER_DB")]
+        db: Option<String>,
+        /// Address to listen on (default: server.listen of dossier.yaml, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The server configuration (default: dossier.yaml in the project).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Add the `record` connector, a recording double with this journal file.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(serve::KeysCommand),
 }
 
 fn main() -> ExitCode {

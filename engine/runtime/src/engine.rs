@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use dossier_connectors::{EffectRequest, Registry};
 use dossier_core::replay::{replay, RecordedEvent};
 use dossier_core::{Action, CaseState, CaseStatus, Event, ParentRef, Program, Transition};
-use dossier_store::{CaseFilter, CaseRecord, CaseWrite, EffectRecord, Store, StoreError};
+use dossier_store::{
+    CaseFilter, CaseRecord, CaseWrite, EffectRecord, InboxRecord, Store, StoreError,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
@@ -66,6 +68,26 @@ pub struct Applied {
     pub status: String,
     /// False when the input changed nothing (a stale timer, a duplicate result).
     pub recorded: bool,
+    /// The request was taken before (same deduplication scope and key): this is its record,
+    /// and nothing was done now.
+    pub duplicate: Option<InboxRecord>,
+}
+
+/// The deduplication key of a request (an `Idempotency-Key`, a webhook id): the input is
+/// applied at most once per `(scope, key)`, the record written in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxKey {
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 (hex) of the request body; the caller compares it with a duplicate's.
+    pub request_hash: String,
+}
+
+impl InboxKey {
+    /// The token that keeps two commands with this key out of batches committing side by side.
+    fn token(&self) -> String {
+        format!("\u{1}{}\u{1}{}", self.scope, self.key)
+    }
 }
 
 /// How a case ended.
@@ -74,6 +96,37 @@ pub struct Finished {
     pub case_id: String,
     pub status: CaseStatus,
     pub output: Value,
+}
+
+/// The deduplication scope of one request that may reach several cases (a webhook delivery,
+/// an event sent with an `Idempotency-Key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    /// Unique per request: `hook:<name>:<webhook-id>`, `api:events:<caller>:<key>`.
+    pub scope: String,
+    /// SHA-256 (hex) of the request body.
+    pub request_hash: String,
+}
+
+impl Dedup {
+    fn key(&self, key: &str) -> InboxKey {
+        InboxKey {
+            scope: self.scope.clone(),
+            key: key.to_string(),
+            request_hash: self.request_hash.clone(),
+        }
+    }
+}
+
+/// What an event or webhook delivery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Cases the event reached (now, or in an earlier delivery of the same request).
+    pub reached: Vec<String>,
+    /// Cases a trigger started (now, or in an earlier delivery of the same request).
+    pub started: Vec<String>,
+    /// Something was recorded now; false for a redelivery that found everything done.
+    pub fresh: bool,
 }
 
 /// Rows to remove once an input is handled, even when the case ignores it.
@@ -91,21 +144,29 @@ enum Command {
         case_id: String,
         input: Value,
         business_key: Option<String>,
+        inbox: Option<InboxKey>,
         reply: Option<oneshot::Sender<Result<Applied>>>,
     },
     Input {
         case_id: String,
         event: Event,
         cleanup: Cleanup,
+        inbox: Option<InboxKey>,
         reply: Option<oneshot::Sender<Result<Applied>>>,
     },
 }
 
 impl Command {
-    fn set_reply(&mut self, r: Option<oneshot::Sender<Result<Applied>>>) {
+    /// Sets the reply channel; returns the one it replaces.
+    fn set_reply(
+        &mut self,
+        r: Option<oneshot::Sender<Result<Applied>>>,
+    ) -> Option<oneshot::Sender<Result<Applied>>> {
         match self {
-            Command::Start { reply, .. } | Command::Input { reply, .. } => *reply = r,
-            Command::Stop(_) => {}
+            Command::Start { reply, .. } | Command::Input { reply, .. } => {
+                std::mem::replace(reply, r)
+            }
+            Command::Stop(_) => None,
         }
     }
 
@@ -113,6 +174,13 @@ impl Command {
         match self {
             Command::Start { case_id, .. } | Command::Input { case_id, .. } => case_id,
             Command::Stop(_) => "",
+        }
+    }
+
+    fn inbox(&self) -> Option<&InboxKey> {
+        match self {
+            Command::Start { inbox, .. } | Command::Input { inbox, .. } => inbox.as_ref(),
+            Command::Stop(_) => None,
         }
     }
 }
@@ -155,6 +223,8 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Finished>>>>,
     /// Correlation key sets per event name, from every deployed workflow.
     correlations: BTreeMap<String, BTreeSet<Vec<String>>>,
+    metrics: crate::metrics::Metrics,
+    triggers: crate::triggers::Triggers,
 }
 
 /// A running engine. Cheap to clone.
@@ -183,6 +253,7 @@ impl Engine {
                 collect_interrupts(&pw.workflow, &mut correlations);
             }
         }
+        let triggers = crate::triggers::Triggers::of(&project);
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             programs: Programs::new(store.clone(), project),
@@ -201,6 +272,8 @@ impl Engine {
             commit_failures: std::sync::atomic::AtomicU32::new(0),
             waiters: Mutex::new(HashMap::new()),
             correlations,
+            metrics: crate::metrics::Metrics::default(),
+            triggers,
         });
         tokio::spawn(sequencer(inner.clone(), rx));
         if !inner.config.workers {
@@ -219,12 +292,35 @@ impl Engine {
         &self.inner.programs
     }
 
+    /// The engine's counters since it started.
+    pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// The clock the engine reads.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
     /// Starts a case of the deployed version of `workflow`; answers once it is committed.
     pub async fn start_case(
         &self,
         workflow: &str,
         input: Value,
         business_key: Option<String>,
+    ) -> Result<Applied> {
+        self.start_case_once(workflow, input, business_key, None)
+            .await
+    }
+
+    /// Starts a case at most once per deduplication key: a request already taken answers
+    /// with its record (`Applied::duplicate`) and starts nothing.
+    pub async fn start_case_once(
+        &self,
+        workflow: &str,
+        input: Value,
+        business_key: Option<String>,
+        inbox: Option<InboxKey>,
     ) -> Result<Applied> {
         let program = self.inner.programs.current(workflow)?;
         let case_id = uuid::Uuid::now_v7().to_string();
@@ -234,6 +330,7 @@ impl Engine {
             case_id,
             input,
             business_key,
+            inbox,
             reply: Some(tx),
         });
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -254,6 +351,7 @@ impl Engine {
             case_id: case_id.clone(),
             input,
             business_key: None,
+            inbox: None,
             reply: Some(tx),
         });
         match rx.await.map_err(|_| RuntimeError::Stopped)? {
@@ -268,50 +366,226 @@ impl Engine {
     /// Delivers an event to every case waiting for it whose correlation keys match.
     /// Returns the ids of the cases it reached.
     pub async fn send_event(&self, name: &str, payload: Value) -> Result<Vec<String>> {
-        let mut reached = Vec::new();
-        let Some(key_sets) = self.inner.correlations.get(name) else {
-            return Ok(reached);
-        };
+        Ok(self.deliver_event(name, payload, None).await?.reached)
+    }
+
+    /// Delivers an event to every case waiting for it whose correlation keys match; when none
+    /// waits, starts the workflows with an `event` trigger of that name.
+    ///
+    /// With `dedup`, the delivery to each case and each start is recorded under the request's
+    /// scope in the transaction that applies it: a redelivery, even after a crash half-way,
+    /// reaches only the cases the first one did not, and starts nothing a first delivery did
+    /// (or a case it reached).
+    pub async fn deliver_event(
+        &self,
+        name: &str,
+        payload: Value,
+        dedup: Option<Dedup>,
+    ) -> Result<Delivery> {
+        let prior = self.prior(dedup.as_ref()).await?;
         let mut waits = Vec::new();
-        for keys in key_sets {
-            let values: BTreeMap<String, Value> = keys
-                .iter()
-                .filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone())))
-                .collect();
-            if values.len() != keys.len() {
-                continue;
-            }
-            let text = dossier_core::correlation_text(&values);
-            for w in self.inner.store.waits_for(name, &text).await? {
-                waits.push((w.id, w.case_id));
+        if let Some(key_sets) = self.inner.correlations.get(name) {
+            for keys in key_sets {
+                let values: BTreeMap<String, Value> = keys
+                    .iter()
+                    .filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect();
+                if values.len() != keys.len() {
+                    continue;
+                }
+                let text = dossier_core::correlation_text(&values);
+                for w in self.inner.store.waits_for(name, &text).await? {
+                    waits.push((w.id, w.case_id));
+                }
             }
         }
         crate::delivery_order(&mut waits);
+        let mut delivery = self
+            .deliver_to_waits(name, &payload, waits, &dedup, &prior)
+            .await;
+        if prior.is_empty() && delivery.reached.is_empty() {
+            let starts = self
+                .inner
+                .triggers
+                .events
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
+            for s in starts {
+                let applied = self.start_triggered(&s, &payload, &dedup).await?;
+                delivery.fresh |= applied.duplicate.is_none();
+                delivery.started.push(applied.case_id);
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// Delivers an event to one case: to each of its waits for that name, whatever their
+    /// correlation keys (the caller chose the case). Deduplicated like
+    /// [`Engine::deliver_event`].
+    pub async fn deliver_to_case(
+        &self,
+        case_id: &str,
+        name: &str,
+        payload: Value,
+        dedup: Option<Dedup>,
+    ) -> Result<Delivery> {
+        if self.inner.store.case(case_id).await?.is_none() {
+            return Err(RuntimeError::UnknownCase(case_id.to_string()));
+        }
+        let prior = self.prior(dedup.as_ref()).await?;
+        let mut waits: Vec<(String, String)> = self
+            .inner
+            .store
+            .waits_of_case(case_id)
+            .await?
+            .into_iter()
+            .filter(|w| w.event_name == name)
+            .map(|w| (w.id, w.case_id))
+            .collect();
+        crate::delivery_order(&mut waits);
+        Ok(self
+            .deliver_to_waits(name, &payload, waits, &dedup, &prior)
+            .await)
+    }
+
+    /// Starts the workflows a webhook triggers, each at most once per deduplication scope.
+    /// Returns the ids of the started cases (or of those a first delivery started).
+    pub async fn start_by_webhook(
+        &self,
+        hook: &str,
+        payload: Value,
+        dedup: Option<Dedup>,
+    ) -> Result<Delivery> {
+        self.prior(dedup.as_ref()).await?;
+        let mut delivery = Delivery::default();
+        let starts = self
+            .inner
+            .triggers
+            .webhooks
+            .get(hook)
+            .cloned()
+            .unwrap_or_default();
+        for s in starts {
+            let applied = self.start_triggered(&s, &payload, &dedup).await?;
+            delivery.fresh |= applied.duplicate.is_none();
+            delivery.started.push(applied.case_id);
+        }
+        Ok(delivery)
+    }
+
+    /// The workflows each webhook name starts.
+    pub fn triggers(&self) -> &crate::triggers::Triggers {
+        &self.inner.triggers
+    }
+
+    /// The records of a request's earlier deliveries; refuses a reused key with another body.
+    async fn prior(&self, dedup: Option<&Dedup>) -> Result<Vec<InboxRecord>> {
+        let Some(d) = dedup else {
+            return Ok(Vec::new());
+        };
+        let prior = self.inner.store.inbox_scope(&d.scope).await?;
+        if prior.iter().any(|p| p.request_hash != d.request_hash) {
+            return Err(RuntimeError::KeyReused);
+        }
+        Ok(prior)
+    }
+
+    async fn start_triggered(
+        &self,
+        s: &crate::triggers::Start,
+        payload: &Value,
+        dedup: &Option<Dedup>,
+    ) -> Result<Applied> {
+        let input = crate::triggers::trigger_input(
+            self.inner.programs.project(),
+            &s.trigger,
+            payload,
+            self.inner.clock.now(),
+        )?;
+        let inbox = dedup
+            .as_ref()
+            .map(|d| d.key(&format!("start:{}", s.workflow)));
+        let applied = self
+            .start_case_once(&s.workflow, input, None, inbox.clone())
+            .await?;
+        if let (Some(k), Some(dup)) = (&inbox, &applied.duplicate) {
+            if dup.request_hash != k.request_hash {
+                return Err(RuntimeError::KeyReused);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Delivers to waits given in delivery order. The deduplication key of a delivery is the
+    /// case and the rank of the wait among that case's waits matched by this request.
+    async fn deliver_to_waits(
+        &self,
+        name: &str,
+        payload: &Value,
+        waits: Vec<(String, String)>,
+        dedup: &Option<Dedup>,
+        prior: &[InboxRecord],
+    ) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut rank: HashMap<String, usize> = HashMap::new();
         for (wait, case_id) in waits {
+            let n = rank.entry(case_id.clone()).or_insert(0);
+            let key = format!("{case_id}#{n}");
+            *n += 1;
+            if prior.iter().any(|p| p.key == key) {
+                continue;
+            }
             let event = Event::EventReceived {
                 wait,
                 event: name.to_string(),
                 payload: payload.clone(),
             };
+            let inbox = dedup.as_ref().map(|d| d.key(&key));
             // One case that cannot take the event does not keep it from the others.
-            match self.input(&case_id, event).await {
-                Ok(applied) if applied.recorded => reached.push(case_id),
+            match self.input_once(&case_id, event, inbox).await {
+                Ok(applied) if applied.recorded => {
+                    delivery.fresh = true;
+                    delivery.reached.push(case_id);
+                }
+                Ok(applied) if applied.duplicate.is_some() => delivery.reached.push(case_id),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(case = %case_id, error = %e, "the event could not be delivered")
                 }
             }
         }
-        Ok(reached)
+        for p in prior {
+            if p.key.contains('#') && !delivery.reached.contains(&p.case_id) {
+                delivery.reached.push(p.case_id.clone());
+            }
+            if p.key.starts_with("start:") {
+                delivery.started.push(p.case_id.clone());
+            }
+        }
+        delivery.reached.dedup();
+        delivery
     }
 
     /// Applies an input to a case and answers once it is committed.
     pub async fn input(&self, case_id: &str, event: Event) -> Result<Applied> {
+        self.input_once(case_id, event, None).await
+    }
+
+    /// Applies an input at most once per deduplication key (see [`Engine::start_case_once`]).
+    /// An input that changes nothing writes no record.
+    pub async fn input_once(
+        &self,
+        case_id: &str,
+        event: Event,
+        inbox: Option<InboxKey>,
+    ) -> Result<Applied> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Input {
             case_id: case_id.to_string(),
             event,
             cleanup: Cleanup::default(),
+            inbox,
             reply: Some(tx),
         });
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -433,6 +707,8 @@ struct Batch {
     touched: HashSet<String>,
     /// Sub-workflow cases started within this batch (bounded: see `MAX_CHILD_STARTS`).
     children_started: usize,
+    /// Steps started by the batch's transitions.
+    steps: usize,
 }
 
 /// Sub-workflow cases one batch may start. A circle of calls is refused by the validator; this
@@ -558,13 +834,18 @@ async fn prepare_batch(
         staged: Vec::new(),
         touched: HashSet::new(),
         children_started: 0,
+        steps: 0,
     };
     // Commands stay counted as queued until their batch is committed and dispatched, so that
     // `Engine::is_idle` never sees a gap between a commit and its effects.
     let mut processed = 0;
     for cmd in cmds {
         let id = cmd.case_id();
-        if batch.touched.contains(id) || inflight.iter().any(|f| f.touched.contains(id)) {
+        let token = cmd.inbox().map(InboxKey::token);
+        let busy = |set: &HashSet<String>| {
+            set.contains(id) || token.as_ref().is_some_and(|t| set.contains(t))
+        };
+        if busy(&batch.touched) || inflight.iter().any(|f| busy(&f.touched)) {
             deferred.push_back(cmd);
             continue;
         }
@@ -742,9 +1023,34 @@ async fn prepare(
     inner: &Inner,
     cache: &mut Lru,
     batch: &mut Batch,
-    cmd: Command,
+    mut cmd: Command,
     now: DateTime<Utc>,
 ) {
+    if let Some(key) = cmd.inbox().cloned() {
+        // A request taken before answers with its record and does nothing again. (Another
+        // node taking it meanwhile makes this batch fail on the inbox key; the command then
+        // comes back here and finds the record.)
+        match inner.store.inbox(&key.scope, &key.key).await {
+            Ok(None) => {}
+            Ok(Some(rec)) => {
+                if let Some(r) = cmd.set_reply(None) {
+                    let _ = r.send(Ok(Applied {
+                        case_id: rec.case_id.clone(),
+                        status: rec.status.clone(),
+                        recorded: false,
+                        duplicate: Some(rec),
+                    }));
+                }
+                return;
+            }
+            Err(e) => {
+                if let Some(r) = cmd.set_reply(None) {
+                    let _ = r.send(Err(e.into()));
+                }
+                return;
+            }
+        }
+    }
     match cmd {
         // Taken out of every batch by the sequencer.
         Command::Stop(tx) => {
@@ -755,6 +1061,7 @@ async fn prepare(
             case_id,
             input,
             business_key,
+            inbox,
             reply,
         } => {
             match CaseState::start(
@@ -771,6 +1078,7 @@ async fn prepare(
                         case_id: case_id.clone(),
                         input,
                         business_key,
+                        inbox: inbox.clone(),
                         reply: None,
                     };
                     let head = ChainHead::genesis(now.timestamp_millis());
@@ -784,6 +1092,7 @@ async fn prepare(
                         },
                         transition,
                         Cleanup::default(),
+                        inbox,
                         reply,
                         Some(retry),
                         now,
@@ -801,6 +1110,7 @@ async fn prepare(
             case_id,
             event,
             cleanup,
+            inbox,
             reply,
         } => {
             let cached = match load_case(inner, cache, &case_id).await {
@@ -828,6 +1138,7 @@ async fn prepare(
                 case_id: case_id.clone(),
                 event: event.clone(),
                 cleanup: cleanup.clone(),
+                inbox: inbox.clone(),
                 reply: None,
             };
             match cached.state.handle(&cached.program, event, now) {
@@ -838,6 +1149,7 @@ async fn prepare(
                         cached,
                         transition,
                         cleanup,
+                        inbox,
                         reply,
                         Some(retry),
                         now,
@@ -879,13 +1191,22 @@ async fn stage(
     cached: Cached,
     transition: Transition,
     cleanup: Cleanup,
+    inbox: Option<InboxKey>,
     reply: Option<oneshot::Sender<Result<Applied>>>,
     retry: Option<Command>,
     now: DateTime<Utc>,
 ) {
     let case_id = cached.state.case_id.clone();
     batch.touched.insert(case_id.clone());
+    if let Some(k) = &inbox {
+        batch.touched.insert(k.token());
+    }
     let recorded = !transition.events.is_empty();
+    batch.steps += transition
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::StepStarted { .. }))
+        .count();
     let (mut write, head) = if recorded {
         let (w, _, head) = case_write(
             &cached.program,
@@ -962,6 +1283,16 @@ async fn stage(
     }
     write.effects_new.extend(internal.iter().cloned());
     let status = cached.state.status_name().to_string();
+    if let (Some(k), true) = (inbox, recorded) {
+        write.inbox.push(InboxRecord {
+            scope: k.scope,
+            key: k.key,
+            request_hash: k.request_hash,
+            case_id: case_id.clone(),
+            status: status.clone(),
+            created_at: now.timestamp_millis(),
+        });
+    }
     let has_write = write != CaseWrite::default();
     let write_index = batch.writes.len();
     if has_write {
@@ -978,6 +1309,7 @@ async fn stage(
             case_id,
             status,
             recorded,
+            duplicate: None,
         },
         retry,
     });
@@ -1050,6 +1382,7 @@ async fn start_child(
                 Cleanup::default(),
                 None,
                 None,
+                None,
                 now,
             ))
             .await;
@@ -1062,6 +1395,13 @@ async fn start_child(
 /// After a commit (or for a batch with nothing to write): hand out effects, wake the timer
 /// task, answer callers, keep running cases in the cache.
 fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, processed: usize) {
+    if !batch.writes.is_empty() {
+        let m = &inner.metrics;
+        m.commits.fetch_add(1, Ordering::Relaxed);
+        m.steps.fetch_add(batch.steps as u64, Ordering::Relaxed);
+        let recorded = batch.staged.iter().filter(|s| s.applied.recorded).count();
+        m.inputs.fetch_add(recorded as u64, Ordering::Relaxed);
+    }
     for s in batch.staged {
         for a in &s.actions {
             match a {
@@ -1174,6 +1514,7 @@ fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
             case_id,
             event,
             cleanup,
+            inbox: None,
             reply: None,
         },
     );
@@ -1230,6 +1571,7 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             request: job.request.clone(),
             attempt: job.attempt,
         };
+        let started = std::time::Instant::now();
         let call = inner.connectors.call(&job.connector, &req);
         let result = match job.timeout_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), call).await {
@@ -1241,6 +1583,7 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             None => call.await,
         };
         drop(permit);
+        inner.metrics.effect_done(result.is_ok(), started.elapsed());
         let event = match result {
             Ok(v) => Event::EffectCompleted {
                 key: key.clone(),
@@ -1281,6 +1624,7 @@ async fn timer_task(inner: Arc<Inner>) {
         match inner.store.due_timers(now, 1000).await {
             Ok(due) => {
                 let mut fresh = 0;
+                let mut lag = 0;
                 {
                     let mut in_flight = lock(&inner.timers_in_flight);
                     // Timers handed over before and now gone from the table are done.
@@ -1300,12 +1644,19 @@ async fn timer_task(inner: Arc<Inner>) {
                                         effect: None,
                                         timer: Some(t.id.clone()),
                                     },
+                                    inbox: None,
                                     reply: None,
                                 },
                             );
+                            lag = lag.max(now - t.fire_at);
                         }
                     }
                 }
+                inner
+                    .metrics
+                    .timers_fired
+                    .fetch_add(fresh, std::sync::atomic::Ordering::Relaxed);
+                inner.metrics.timer_lag_ms.store(lag, Ordering::Relaxed);
                 if !due.is_empty() {
                     // Let the sequencer commit them before looking again.
                     pause = Duration::from_millis(if fresh > 0 { 5 } else { 20 });

@@ -8,16 +8,19 @@
 //! - [`apply`]: transition to database rows.
 
 pub mod apply;
+pub mod casefile;
 pub mod engine;
+pub mod metrics;
 pub mod programs;
 pub mod project;
 pub mod simulate;
 pub mod testing;
 pub mod timeline;
+pub mod triggers;
 
 use chrono::{DateTime, Utc};
 
-pub use engine::{Applied, Engine, EngineConfig, Finished};
+pub use engine::{Applied, Dedup, Delivery, Engine, EngineConfig, Finished, InboxKey};
 pub use project::Project;
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -44,6 +47,12 @@ pub enum RuntimeError {
     Simulation(String),
     #[error("the engine has stopped")]
     Stopped,
+    /// A trigger could not compute the input of the case it starts from what was delivered.
+    #[error("the trigger cannot compute the case's input: {0}")]
+    Trigger(String),
+    /// The deduplication key was used before for another request body.
+    #[error("this key was already used for another request")]
+    KeyReused,
 }
 
 impl From<dossier_store::StoreError> for RuntimeError {

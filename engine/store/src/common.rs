@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 
 use crate::{
-    CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, TaskRecord, TaskUpdate,
-    TimerRecord, WaitRecord,
+    audit_hash, ApiKeyRecord, AuditEntry, AuditRecord, CaseRecord, CaseWrite, DefinitionRecord,
+    EffectRecord, EventRecord, InboxRecord, TaskRecord, TaskUpdate, TimerRecord, WaitRecord,
+    AUDIT_GENESIS,
 };
 
 // Column lists as macros rather than consts so that `concat!` can build whole `&'static str`
@@ -50,8 +51,24 @@ macro_rules! definition_cols {
         "hash, kind, name, version, source, loaded_at"
     };
 }
+macro_rules! inbox_cols {
+    () => {
+        "scope, key, request_hash, case_id, status, created_at"
+    };
+}
+macro_rules! api_key_cols {
+    () => {
+        "id, name, role, hash, created_at, revoked_at"
+    };
+}
+macro_rules! audit_cols {
+    () => {
+        "seq, at, actor, role, action, target, origin, request_id, details, prev_hash, hash"
+    };
+}
 pub(crate) use {
-    case_cols, definition_cols, effect_cols, event_cols, task_cols, timer_cols, wait_cols,
+    api_key_cols, audit_cols, case_cols, definition_cols, effect_cols, event_cols, inbox_cols,
+    task_cols, timer_cols, wait_cols,
 };
 
 // Positional row tuples, decoded in the order of the column lists above. Tuples implement
@@ -104,6 +121,21 @@ pub(crate) type TaskRow = (
     Option<String>,
 );
 pub(crate) type DefinitionRow = (String, String, String, Option<i64>, String, i64);
+pub(crate) type InboxRow = (String, String, String, String, String, i64);
+pub(crate) type ApiKeyRow = (String, String, String, String, i64, Option<i64>);
+pub(crate) type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 pub(crate) fn case_from(r: CaseRow) -> CaseRecord {
     CaseRecord {
@@ -200,6 +232,75 @@ pub(crate) fn definition_from(r: DefinitionRow) -> DefinitionRecord {
     }
 }
 
+pub(crate) fn inbox_from(r: InboxRow) -> InboxRecord {
+    InboxRecord {
+        scope: r.0,
+        key: r.1,
+        request_hash: r.2,
+        case_id: r.3,
+        status: r.4,
+        created_at: r.5,
+    }
+}
+
+pub(crate) fn api_key_from(r: ApiKeyRow) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: r.0,
+        name: r.1,
+        role: r.2,
+        hash: r.3,
+        created_at: r.4,
+        revoked_at: r.5,
+    }
+}
+
+pub(crate) fn audit_from(r: AuditRow) -> AuditRecord {
+    AuditRecord {
+        seq: r.0,
+        entry: AuditEntry {
+            at: r.1,
+            actor: r.2,
+            role: r.3,
+            action: r.4,
+            target: r.5,
+            origin: r.6,
+            request_id: r.7,
+            details: r.8,
+        },
+        prev_hash: r.9,
+        hash: r.10,
+    }
+}
+
+/// Orders revoked keys as listings are: oldest first, ties by id. (`UPDATE ... RETURNING`
+/// promises no order.)
+pub(crate) fn sort_api_keys(keys: &mut [ApiKeyRecord]) {
+    keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+}
+
+/// The conflict error of an API key whose id or hash exists already. `case_id` carries the
+/// key's id.
+pub(crate) fn api_key_conflict(key: &ApiKeyRecord) -> crate::StoreError {
+    crate::StoreError::Conflict {
+        case_id: key.id.clone(),
+        expected: None,
+    }
+}
+
+/// The record that follows `last` (its `(seq, hash)`, `None` for an empty trail).
+pub(crate) fn next_audit_record(last: Option<(i64, String)>, entry: &AuditEntry) -> AuditRecord {
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, AUDIT_GENESIS.to_string()),
+    };
+    AuditRecord {
+        seq,
+        hash: audit_hash(&prev_hash, seq, entry),
+        prev_hash,
+        entry: entry.clone(),
+    }
+}
+
 /// A read `limit` as SQL sees it: zero or negative means "no limit" (so that `Default` filters
 /// return everything rather than nothing).
 pub(crate) fn sql_limit(limit: i64) -> i64 {
@@ -232,6 +333,7 @@ pub(crate) fn write_case_id(w: &CaseWrite) -> String {
         .or_else(|| w.timers_new.first().map(|t| &t.case_id))
         .or_else(|| w.waits_new.first().map(|t| &t.case_id))
         .or_else(|| w.tasks_new.first().map(|t| &t.case_id))
+        .or_else(|| w.inbox.first().map(|i| &i.case_id))
         .cloned()
         .unwrap_or_default()
 }
@@ -245,7 +347,7 @@ pub(crate) fn conflict_of(w: &CaseWrite) -> crate::StoreError {
 }
 
 /// Splits a batch into consecutive rounds in which no two writes touch the same key (case id,
-/// effect key, timer id, wait id or task id).
+/// effect key, timer id, wait id, task id or inbox `(scope, key)`).
 ///
 /// The contract is that a batch means "apply the writes one after the other". Within a round the
 /// writes are independent, so the PostgreSQL backend may apply them table by table with one
@@ -256,7 +358,7 @@ pub(crate) fn conflict_of(w: &CaseWrite) -> crate::StoreError {
 /// commit carries one transition per case and has a single round.
 pub(crate) fn rounds(batch: &[CaseWrite]) -> Vec<&[CaseWrite]> {
     let mut out = Vec::new();
-    let mut seen: HashSet<(u8, &str)> = HashSet::new();
+    let mut seen: HashSet<WriteKey<'_>> = HashSet::new();
     let mut start = 0;
     for (i, w) in batch.iter().enumerate() {
         let keys = write_keys(w);
@@ -273,9 +375,15 @@ pub(crate) fn rounds(batch: &[CaseWrite]) -> Vec<&[CaseWrite]> {
     out
 }
 
+/// A key a write touches: its table's tag, then the key (the second part is empty but for the
+/// inbox, whose key is `(scope, key)`).
+type WriteKey<'a> = (u8, &'a str, &'a str);
+
 /// Every key a write touches, tagged by table. Events are not included: they are only ever
-/// inserted, and a duplicate is a conflict whatever the order.
-fn write_keys(w: &CaseWrite) -> Vec<(u8, &str)> {
+/// inserted, and a duplicate is a conflict whatever the order. Inbox keys are (an inbox row is
+/// only ever inserted too): a second write inserting the same `(scope, key)` then starts a new
+/// round, where its insert fails as a conflict like any other duplicate.
+fn write_keys(w: &CaseWrite) -> Vec<WriteKey<'_>> {
     let mut keys = Vec::with_capacity(
         1 + w.effects_new.len()
             + w.effects_done.len()
@@ -284,19 +392,25 @@ fn write_keys(w: &CaseWrite) -> Vec<(u8, &str)> {
             + w.waits_new.len()
             + w.waits_done.len()
             + w.tasks_new.len()
-            + w.tasks_updated.len(),
+            + w.tasks_updated.len()
+            + w.inbox.len(),
     );
     if let Some(c) = &w.case {
-        keys.push((0, c.id.as_str()));
+        keys.push((0, c.id.as_str(), ""));
     }
-    keys.extend(w.effects_new.iter().map(|e| (1, e.key.as_str())));
-    keys.extend(w.effects_done.iter().map(|k| (1, k.as_str())));
-    keys.extend(w.timers_new.iter().map(|t| (2, t.id.as_str())));
-    keys.extend(w.timers_done.iter().map(|k| (2, k.as_str())));
-    keys.extend(w.waits_new.iter().map(|t| (3, t.id.as_str())));
-    keys.extend(w.waits_done.iter().map(|k| (3, k.as_str())));
-    keys.extend(w.tasks_new.iter().map(|t| (4, t.id.as_str())));
-    keys.extend(w.tasks_updated.iter().map(|t| (4, t.id.as_str())));
+    keys.extend(w.effects_new.iter().map(|e| (1, e.key.as_str(), "")));
+    keys.extend(w.effects_done.iter().map(|k| (1, k.as_str(), "")));
+    keys.extend(w.timers_new.iter().map(|t| (2, t.id.as_str(), "")));
+    keys.extend(w.timers_done.iter().map(|k| (2, k.as_str(), "")));
+    keys.extend(w.waits_new.iter().map(|t| (3, t.id.as_str(), "")));
+    keys.extend(w.waits_done.iter().map(|k| (3, k.as_str(), "")));
+    keys.extend(w.tasks_new.iter().map(|t| (4, t.id.as_str(), "")));
+    keys.extend(w.tasks_updated.iter().map(|t| (4, t.id.as_str(), "")));
+    keys.extend(
+        w.inbox
+            .iter()
+            .map(|i| (5, i.scope.as_str(), i.key.as_str())),
+    );
     keys
 }
 
@@ -315,6 +429,7 @@ pub(crate) struct RoundRows<'a> {
     pub waits_new: Vec<&'a WaitRecord>,
     pub tasks_new: Vec<&'a TaskRecord>,
     pub tasks_updated: Vec<&'a TaskUpdate>,
+    pub inbox: Vec<&'a InboxRecord>,
 }
 
 impl<'a> RoundRows<'a> {
@@ -338,6 +453,7 @@ impl<'a> RoundRows<'a> {
             r.waits_new.extend(w.waits_new.iter());
             r.tasks_new.extend(w.tasks_new.iter());
             r.tasks_updated.extend(w.tasks_updated.iter());
+            r.inbox.extend(w.inbox.iter());
         }
         r
     }
@@ -353,7 +469,8 @@ pub(crate) enum RoundError {
 
 impl From<sqlx::Error> for RoundError {
     /// Unique violations are conflicts (a duplicate case, event, effect, timer, wait or task
-    /// means two transitions raced); anything else is a database failure.
+    /// means two transitions raced, a duplicate inbox key a request taken twice); anything else
+    /// is a database failure.
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => RoundError::Conflict,

@@ -47,6 +47,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot open the database at {location}: {message}")]
     Open { location: String, message: String },
+    /// A method this backend does not implement.
+    #[error("this store does not support `{0}`")]
+    Unsupported(&'static str),
 }
 
 /// One case ("dossier"): the current summary row. The history is the truth; this row is a
@@ -196,6 +199,120 @@ pub struct CaseWrite {
     pub waits_done: Vec<String>,
     pub tasks_new: Vec<TaskRecord>,
     pub tasks_updated: Vec<TaskUpdate>,
+    /// Deduplication records of the request this write answers (an `Idempotency-Key`, a
+    /// webhook id): inserted in the same transaction, so the request's effect on the case and
+    /// the record that it happened are durable together. An existing `(scope, key)` fails the
+    /// batch with [`StoreError::Conflict`] naming this write's case.
+    pub inbox: Vec<InboxRecord>,
+}
+
+/// A request already taken: the deduplication record of an idempotent API call or a webhook
+/// delivery, written atomically with what the request did to its case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRecord {
+    /// What the key is unique within (`api:instances:<caller>`, `hook:<name>:<webhook-id>`...).
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 (hex) of the request body: the same key with another body is refused.
+    pub request_hash: String,
+    /// The case the request started or reached.
+    pub case_id: String,
+    /// The case status the first answer reported.
+    pub status: String,
+    pub created_at: Millis,
+}
+
+/// An API key. Only a hash of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public identifier (the key's prefix), shown in listings and audit entries.
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// SHA-256 (hex) of the whole secret key.
+    pub hash: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// One entry to append to the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Millis,
+    /// Who: API key id (`key:<id>`), OIDC subject (`oidc:<sub>`), `webhook:<name>`, `cli`.
+    pub actor: String,
+    pub role: String,
+    /// What: `POST /api/v1/instances`, `keys.create`...
+    pub action: String,
+    /// On what: a case id, a task id, a key id (empty when none).
+    pub target: String,
+    /// From where: the peer address, or `cli`.
+    pub origin: String,
+    /// The request's correlation id.
+    pub request_id: String,
+    /// JSON object text: the details of the call (status answered, outcome...).
+    pub details: String,
+}
+
+/// A stored audit entry. `seq` starts at 1 and has no gaps; `hash` chains to `prev_hash`
+/// (see [`audit_hash`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub entry: AuditEntry,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash of the audit chain's first `prev_hash`.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash of an audit record: SHA-256 (hex) over the previous hash, the sequence number and
+/// every field of the entry, each length-prefixed so that no two records hash alike by moving
+/// text from one field to the next.
+pub fn audit_hash(prev_hash: &str, seq: i64, e: &AuditEntry) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let seq = seq.to_string();
+    let at = e.at.to_string();
+    for part in [
+        prev_hash,
+        seq.as_str(),
+        at.as_str(),
+        e.actor.as_str(),
+        e.role.as_str(),
+        e.action.as_str(),
+        e.target.as_str(),
+        e.origin.as_str(),
+        e.request_id.as_str(),
+        e.details.as_str(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Checks an audit chain read from the start (or from a known record): numbers follow each
+/// other, each record links to the previous one and its hash is right. Returns the first
+/// broken record's `seq`.
+pub fn verify_audit(
+    records: &[AuditRecord],
+    mut prev_hash: String,
+) -> std::result::Result<(), i64> {
+    let mut expected_seq = records.first().map(|r| r.seq).unwrap_or(1);
+    for r in records {
+        if r.seq != expected_seq
+            || r.prev_hash != prev_hash
+            || r.hash != audit_hash(&r.prev_hash, r.seq, &r.entry)
+        {
+            return Err(r.seq);
+        }
+        prev_hash = r.hash.clone();
+        // Saturating: a tampered `seq` of i64::MAX must not overflow.
+        expected_seq = expected_seq.saturating_add(1);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -236,11 +353,12 @@ pub trait Store: Send + Sync {
     /// The result is that of applying the writes one after the other, each as: case row
     /// (insert if `expected_last_seq` is `None`, else compare-and-set on `last_seq`), events,
     /// deletes (`effects_done`, `timers_done`, `waits_done`; deleting a missing key is not an
-    /// error), inserts (`effects_new`, `timers_new`, `waits_new`, `tasks_new`), task updates.
-    /// A write may therefore drop and re-create the same timer id, and a later write of the batch
-    /// may touch what an earlier one created. The batch fails with [`StoreError::Conflict`],
-    /// naming the first offending write's case, when a case row check fails, or an event,
-    /// effect, timer, wait or task key already exists, or a task to update does not exist.
+    /// error), inserts (`effects_new`, `timers_new`, `waits_new`, `tasks_new`, `inbox`), task
+    /// updates. A write may therefore drop and re-create the same timer id, and a later write of
+    /// the batch may touch what an earlier one created. The batch fails with
+    /// [`StoreError::Conflict`], naming the first offending write's case, when a case row check
+    /// fails, or an event, effect, timer, wait, task or inbox key already exists (in the
+    /// database or earlier in the batch), or a task to update does not exist.
     async fn commit(&self, batch: &[CaseWrite]) -> Result<()>;
 
     async fn case(&self, id: &str) -> Result<Option<CaseRecord>>;
@@ -272,4 +390,43 @@ pub trait Store: Send + Sync {
     async fn definition(&self, hash: &str) -> Result<Option<DefinitionRecord>>;
     /// Every stored definition of a kind (sources included), oldest first.
     async fn definitions(&self, kind: &str) -> Result<Vec<DefinitionRecord>>;
+
+    // ---- server ----
+
+    /// The deduplication record of `(scope, key)`, if the request was already taken.
+    async fn inbox(&self, scope: &str, key: &str) -> Result<Option<InboxRecord>>;
+    /// Every deduplication record of a scope, ordered by key (byte order).
+    async fn inbox_scope(&self, scope: &str) -> Result<Vec<InboxRecord>>;
+
+    /// Claims or releases a task: sets `status` and `assignee` only if the task's current
+    /// status is one of `from` and, when `holder` is given, its assignee is that one
+    /// (compare-and-set, in one statement). Returns `None` for an unknown task, else the task as
+    /// it is after the call and whether the compare succeeded (and the task was written).
+    async fn assign_task(
+        &self,
+        id: &str,
+        from: &[&str],
+        holder: Option<&str>,
+        status: &str,
+        assignee: Option<&str>,
+    ) -> Result<Option<(TaskRecord, bool)>>;
+    /// Number of tasks per status, ordered by status.
+    async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Adds an API key; a key id or hash that exists already is a [`StoreError::Conflict`]
+    /// (whose `case_id` is the key's id).
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    /// The key whose secret hashes to `hash` (revoked keys included: the caller checks).
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Every key, oldest first (ties by id).
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes the keys whose id or name is `id_or_name` at `at`. Returns the keys revoked now,
+    /// oldest first (already revoked keys are left as they are and not returned).
+    async fn revoke_api_key(&self, id_or_name: &str, at: Millis) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Appends an entry to the audit trail, numbering and hashing it in the same transaction
+    /// so that concurrent writers (other nodes on PostgreSQL) never fork the chain.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord>;
+    /// Audit records with `seq > after_seq`, in order; `limit <= 0`: no limit.
+    async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
 }

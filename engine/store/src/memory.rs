@@ -10,10 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::common::{conflict_of, take_limit};
+use crate::common::{api_key_conflict, conflict_of, next_audit_record, sort_api_keys, take_limit};
 use crate::{
-    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
-    Store, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, TaskFilter, TaskRecord,
+    TimerRecord, WaitRecord,
 };
 
 /// The in-memory implementation of [`Store`]. Nothing survives the process.
@@ -34,6 +35,12 @@ struct State {
     waits: BTreeMap<String, WaitRecord>,
     tasks: BTreeMap<String, TaskRecord>,
     definitions: BTreeMap<String, DefinitionRecord>,
+    /// Keyed by (scope, key): a scope is one ordered range.
+    inbox: BTreeMap<(String, String), InboxRecord>,
+    /// Keyed by id.
+    api_keys: BTreeMap<String, ApiKeyRecord>,
+    /// In `seq` order: record `n` is at index `n - 1`.
+    audit: Vec<AuditRecord>,
 }
 
 /// What to restore to undo one change of a failed batch.
@@ -44,6 +51,7 @@ enum Undo {
     Timer(String, Option<TimerRecord>),
     Wait(String, Option<WaitRecord>),
     Task(String, Option<TaskRecord>),
+    Inbox((String, String)),
 }
 
 impl MemoryStore {
@@ -77,7 +85,7 @@ impl State {
     }
 
     /// Applies one write, logging how to undo each change. Order as in the SQL stores: case row,
-    /// events, deletes, inserts, task updates.
+    /// events, deletes, inserts (the inbox rows last), task updates.
     fn apply(&mut self, w: &CaseWrite, undo: &mut Vec<Undo>) -> std::result::Result<(), ()> {
         if let Some(c) = &w.case {
             let stored = self.cases.get(&c.id).map(|s| s.last_seq);
@@ -140,6 +148,14 @@ impl State {
             self.tasks.insert(t.id.clone(), t.clone());
             undo.push(Undo::Task(t.id.clone(), None));
         }
+        for i in &w.inbox {
+            let key = (i.scope.clone(), i.key.clone());
+            if self.inbox.contains_key(&key) {
+                return Err(());
+            }
+            self.inbox.insert(key.clone(), i.clone());
+            undo.push(Undo::Inbox(key));
+        }
         for u in &w.tasks_updated {
             // Updating a task that does not exist is a conflict, as in the SQL stores.
             let Some(task) = self.tasks.get_mut(&u.id) else {
@@ -177,6 +193,9 @@ impl State {
                 }
                 Undo::Wait(k, old) => restore(&mut self.waits, k, old),
                 Undo::Task(k, old) => restore(&mut self.tasks, k, old),
+                Undo::Inbox(key) => {
+                    self.inbox.remove(&key);
+                }
             }
         }
     }
@@ -355,5 +374,113 @@ impl Store for MemoryStore {
             .collect();
         out.sort_by(|a, b| (a.loaded_at, &a.hash).cmp(&(b.loaded_at, &b.hash)));
         Ok(out)
+    }
+
+    async fn inbox(&self, scope: &str, key: &str) -> Result<Option<InboxRecord>> {
+        Ok(self
+            .lock()
+            .inbox
+            .get(&(scope.to_string(), key.to_string()))
+            .cloned())
+    }
+
+    async fn inbox_scope(&self, scope: &str) -> Result<Vec<InboxRecord>> {
+        let state = self.lock();
+        let from = (scope.to_string(), String::new());
+        Ok(state
+            .inbox
+            .range(from..)
+            .take_while(|((s, _), _)| s == scope)
+            .map(|(_, i)| i.clone())
+            .collect())
+    }
+
+    async fn assign_task(
+        &self,
+        id: &str,
+        from: &[&str],
+        holder: Option<&str>,
+        status: &str,
+        assignee: Option<&str>,
+    ) -> Result<Option<(TaskRecord, bool)>> {
+        let mut state = self.lock();
+        let Some(task) = state.tasks.get_mut(id) else {
+            return Ok(None);
+        };
+        let matches = from.contains(&task.status.as_str())
+            && holder.is_none_or(|h| task.assignee.as_deref() == Some(h));
+        if matches {
+            task.status = status.to_string();
+            task.assignee = assignee.map(str::to_string);
+        }
+        Ok(Some((task.clone(), matches)))
+    }
+
+    async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for t in self.lock().tasks.values() {
+            *counts.entry(t.status.clone()).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let mut state = self.lock();
+        if state.api_keys.contains_key(&key.id)
+            || state.api_keys.values().any(|k| k.hash == key.hash)
+        {
+            return Err(api_key_conflict(key));
+        }
+        state.api_keys.insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self
+            .lock()
+            .api_keys
+            .values()
+            .find(|k| k.hash == hash)
+            .cloned())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let mut out: Vec<ApiKeyRecord> = self.lock().api_keys.values().cloned().collect();
+        sort_api_keys(&mut out);
+        Ok(out)
+    }
+
+    async fn revoke_api_key(&self, id_or_name: &str, at: Millis) -> Result<Vec<ApiKeyRecord>> {
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for k in state.api_keys.values_mut() {
+            if (k.id == id_or_name || k.name == id_or_name) && k.revoked_at.is_none() {
+                k.revoked_at = Some(at);
+                out.push(k.clone());
+            }
+        }
+        sort_api_keys(&mut out);
+        Ok(out)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        let mut state = self.lock();
+        let last = state.audit.last().map(|l| (l.seq, l.hash.clone()));
+        let record = next_audit_record(last, entry);
+        state.audit.push(record.clone());
+        Ok(record)
+    }
+
+    async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        let state = self.lock();
+        // Records are numbered 1, 2, ... in order: those after `after_seq` start at its index.
+        let start = usize::try_from(after_seq.max(0))
+            .unwrap_or(usize::MAX)
+            .min(state.audit.len());
+        Ok(state.audit[start..]
+            .iter()
+            .take(take_limit(limit))
+            .cloned()
+            .collect())
     }
 }

@@ -19,14 +19,17 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Post
 use sqlx::{ConnectOptions, QueryBuilder};
 
 use crate::common::{
-    case_cols, case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from,
-    event_cols, event_from, rounds, sql_limit, task_cols, task_from, timer_cols, timer_from,
-    wait_cols, wait_from, CaseRow, DefinitionRow, EffectRow, EventRow, RoundError, RoundRows,
-    TaskRow, TimerRow, WaitRow,
+    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, case_cols, case_from,
+    conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
+    event_from, inbox_cols, inbox_from, next_audit_record, rounds, sort_api_keys, sql_limit,
+    task_cols, task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow,
+    CaseRow, DefinitionRow, EffectRow, EventRow, InboxRow, RoundError, RoundRows, TaskRow,
+    TimerRow, WaitRow,
 };
 use crate::{
-    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
-    Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, StoreError, TaskFilter,
+    TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -34,6 +37,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 /// Pool size: commits use one connection at a time, the rest serve reads.
 const MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The transaction-level advisory lock that serialises audit appends across nodes ("dossaudi"
+/// in ASCII). sqlx's migration lock is derived from the database name, so they do not collide.
+const AUDIT_LOCK: i64 = 0x646f_7373_6175_6469;
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -334,6 +340,162 @@ impl Store for PgStore {
         .await?;
         Ok(rows.into_iter().map(definition_from).collect())
     }
+
+    async fn inbox(&self, scope: &str, key: &str) -> Result<Option<InboxRecord>> {
+        let row: Option<InboxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            inbox_cols!(),
+            " FROM inbox WHERE scope = $1 AND key = $2"
+        ))
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(inbox_from))
+    }
+
+    async fn inbox_scope(&self, scope: &str) -> Result<Vec<InboxRecord>> {
+        // `key` is COLLATE "C" in the schema: byte order, as in SQLite and the memory store.
+        let rows: Vec<InboxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            inbox_cols!(),
+            " FROM inbox WHERE scope = $1 ORDER BY key"
+        ))
+        .bind(scope)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(inbox_from).collect())
+    }
+
+    async fn assign_task(
+        &self,
+        id: &str,
+        from: &[&str],
+        holder: Option<&str>,
+        status: &str,
+        assignee: Option<&str>,
+    ) -> Result<Option<(TaskRecord, bool)>> {
+        // The compare and the set are one statement: under READ COMMITTED an UPDATE that waited
+        // for a concurrent one re-checks its WHERE against the committed row, so two claims of
+        // the same open task cannot both succeed.
+        let updated: Option<TaskRow> = sqlx::query_as(concat!(
+            "UPDATE tasks SET status = $2, assignee = $3 WHERE id = $1 AND status = ANY($4) \
+             AND ($5::text IS NULL OR assignee = $5) RETURNING ",
+            task_cols!()
+        ))
+        .bind(id)
+        .bind(status)
+        .bind(assignee)
+        .bind(from)
+        .bind(holder)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = updated {
+            return Ok(Some((task_from(row), true)));
+        }
+        // Unchanged (or unknown): report the task as it is.
+        Ok(self.task(id).await?.map(|t| (t, false)))
+    }
+
+    async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>> {
+        // `tasks.status` has the database's collation: order by bytes, as the other stores do.
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let result = sqlx::query(concat!(
+            "INSERT INTO api_keys (",
+            api_key_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(&key.hash)
+        .bind(key.created_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(api_key_conflict(key)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let row: Option<ApiKeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys WHERE hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(api_key_from))
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(api_key_from).collect())
+    }
+
+    async fn revoke_api_key(&self, id_or_name: &str, at: Millis) -> Result<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(concat!(
+            "UPDATE api_keys SET revoked_at = $2 \
+             WHERE (id = $1 OR name = $1) AND revoked_at IS NULL RETURNING ",
+            api_key_cols!()
+        ))
+        .bind(id_or_name)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut keys: Vec<ApiKeyRecord> = rows.into_iter().map(api_key_from).collect();
+        sort_api_keys(&mut keys);
+        Ok(keys)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        let mut tx = self.pool.begin().await?;
+        // Every node appends under the same lock, held until the transaction ends: the read of
+        // the last record below (a fresh snapshot under READ COMMITTED) sees the previous
+        // append, so the chain never forks. Dropping `tx` on an error rolls back and unlocks.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let record = next_audit_record(last, entry);
+        insert_audit(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after_seq)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(audit_from).collect())
+    }
 }
 
 impl PgStore {
@@ -369,6 +531,29 @@ impl PgStore {
     }
 }
 
+async fn insert_audit(conn: &mut PgConnection, r: &AuditRecord) -> sqlx::Result<()> {
+    let e = &r.entry;
+    sqlx::query(concat!(
+        "INSERT INTO audit (",
+        audit_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(r.seq)
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.role)
+    .bind(&e.action)
+    .bind(&e.target)
+    .bind(&e.origin)
+    .bind(&e.request_id)
+    .bind(&e.details)
+    .bind(&r.prev_hash)
+    .bind(&r.hash)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One column of a batch, as the array bound to an `UNNEST` argument.
 fn col<'a, T: 'a, R: std::borrow::Borrow<T> + 'a, V>(
     rows: &'a [R],
@@ -378,8 +563,8 @@ fn col<'a, T: 'a, R: std::borrow::Borrow<T> + 'a, V>(
 }
 
 /// Applies one round (writes touching disjoint keys) with one statement per table. Order: case
-/// rows, events, deletes, then inserts (a write may drop and re-create the same timer id), then
-/// task updates (a task created by the round may be updated by it).
+/// rows, events, deletes, then inserts (a write may drop and re-create the same timer id; the
+/// inbox rows last), then task updates (a task created by the round may be updated by it).
 async fn apply_round(
     conn: &mut PgConnection,
     rows: &RoundRows<'_>,
@@ -577,6 +762,26 @@ async fn apply_round(
         .bind(col(tasks, |t: &TaskRecord| t.completed_by.as_deref()))
         .bind(col(tasks, |t: &TaskRecord| t.outcome.as_deref()))
         .bind(col(tasks, |t: &TaskRecord| t.data.as_deref()))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let inbox = &rows.inbox;
+    if !inbox.is_empty() {
+        // A `(scope, key)` already taken is a unique violation, hence a conflict; two writes of
+        // the batch with the same key are in different rounds (see `rounds`).
+        sqlx::query(concat!(
+            "INSERT INTO inbox (",
+            inbox_cols!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::int8[])"
+        ))
+        .bind(col(inbox, |i: &InboxRecord| i.scope.as_str()))
+        .bind(col(inbox, |i: &InboxRecord| i.key.as_str()))
+        .bind(col(inbox, |i: &InboxRecord| i.request_hash.as_str()))
+        .bind(col(inbox, |i: &InboxRecord| i.case_id.as_str()))
+        .bind(col(inbox, |i: &InboxRecord| i.status.as_str()))
+        .bind(col(inbox, |i: &InboxRecord| i.created_at))
         .execute(&mut *conn)
         .await?;
     }

@@ -27,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::{params, CachedStatement, Connection, OpenFlags};
+use rusqlite::{
+    params, params_from_iter, CachedStatement, Connection, OpenFlags, OptionalExtension,
+};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -37,13 +39,16 @@ use sqlx::{ConnectOptions, Connection as _, QueryBuilder};
 use tokio::sync::oneshot;
 
 use crate::common::{
-    case_cols, case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from,
-    event_cols, event_from, sql_limit, task_cols, task_from, timer_cols, timer_from, wait_cols,
-    wait_from, CaseRow, DefinitionRow, EffectRow, EventRow, TaskRow, TimerRow, WaitRow,
+    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, case_cols, case_from,
+    conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
+    event_from, inbox_cols, inbox_from, next_audit_record, sort_api_keys, sql_limit, task_cols,
+    task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow, CaseRow,
+    DefinitionRow, EffectRow, EventRow, InboxRow, TaskRow, TimerRow, WaitRow,
 };
 use crate::{
-    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Millis, Result,
-    Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, StoreError, TaskFilter,
+    TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -53,7 +58,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections. Reads are short; a few are enough to overlap API queries with the workers.
 const READERS: u32 = 4;
-/// Prepared statements kept by the writer: a dozen distinct statements, and room to spare.
+/// Prepared statements kept by the writer: about twenty distinct statements (the commit's, the
+/// transaction's, the server's), and room to spare.
 const WRITER_STATEMENT_CACHE: usize = 32;
 /// A commit slower than this is logged (sqlx's default threshold for slow statements).
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
@@ -370,6 +376,175 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows.into_iter().map(definition_from).collect())
     }
+
+    async fn inbox(&self, scope: &str, key: &str) -> Result<Option<InboxRecord>> {
+        let row: Option<InboxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            inbox_cols!(),
+            " FROM inbox WHERE scope = $1 AND key = $2"
+        ))
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(inbox_from))
+    }
+
+    async fn inbox_scope(&self, scope: &str) -> Result<Vec<InboxRecord>> {
+        let rows: Vec<InboxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            inbox_cols!(),
+            " FROM inbox WHERE scope = $1 ORDER BY key"
+        ))
+        .bind(scope)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(inbox_from).collect())
+    }
+
+    async fn assign_task(
+        &self,
+        id: &str,
+        from: &[&str],
+        holder: Option<&str>,
+        status: &str,
+        assignee: Option<&str>,
+    ) -> Result<Option<(TaskRecord, bool)>> {
+        let id = id.to_string();
+        let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+        let holder = holder.map(str::to_string);
+        let status = status.to_string();
+        let assignee = assignee.map(str::to_string);
+        self.writer
+            .run(move |conn| {
+                in_transaction(conn, |conn| {
+                    assign_task(
+                        conn,
+                        &id,
+                        &from,
+                        holder.as_deref(),
+                        &status,
+                        assignee.as_deref(),
+                    )
+                })
+            })
+            .await
+    }
+
+    async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status")
+                .fetch_all(&self.readers)
+                .await?,
+        )
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let key = key.clone();
+        self.writer
+            .run(move |conn| {
+                in_transaction(conn, |conn| {
+                    let inserted = conn
+                        .prepare_cached(concat!(
+                            "INSERT INTO api_keys (",
+                            api_key_cols!(),
+                            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                        ))?
+                        .execute(params![
+                            key.id,
+                            key.name,
+                            key.role,
+                            key.hash,
+                            key.created_at,
+                            key.revoked_at
+                        ]);
+                    match inserted {
+                        Ok(_) => Ok(()),
+                        // The id or the hash is taken.
+                        Err(e) if is_unique_violation(&e) => Err(api_key_conflict(&key)),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+            })
+            .await
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let row: Option<ApiKeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys WHERE hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(api_key_from))
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(api_key_from).collect())
+    }
+
+    async fn revoke_api_key(&self, id_or_name: &str, at: Millis) -> Result<Vec<ApiKeyRecord>> {
+        let id_or_name = id_or_name.to_string();
+        self.writer
+            .run(move |conn| {
+                in_transaction(conn, |conn| {
+                    let mut update = conn.prepare_cached(concat!(
+                        "UPDATE api_keys SET revoked_at = ?2 \
+                         WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL RETURNING ",
+                        api_key_cols!()
+                    ))?;
+                    let rows = update.query_map(params![id_or_name, at], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    })?;
+                    let mut keys = Vec::new();
+                    for row in rows {
+                        keys.push(api_key_from(row?));
+                    }
+                    sort_api_keys(&mut keys);
+                    Ok(keys)
+                })
+            })
+            .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        let entry = entry.clone();
+        // The writer thread runs one job at a time: the read of the last record and the insert
+        // of the next cannot interleave with another append (and BEGIN IMMEDIATE keeps other
+        // processes out in between).
+        self.writer
+            .run(move |conn| in_transaction(conn, |conn| append_audit(conn, &entry)))
+            .await
+    }
+
+    async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after_seq)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(audit_from).collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -402,8 +577,9 @@ enum Job {
     },
     /// The store is dropped: close the connection and stop.
     Stop,
-    /// Runs a closure on the writer connection (tests inspect its settings).
-    #[cfg(test)]
+    /// Runs a closure on the writer connection; the closure sends its own outcome (see
+    /// [`Writer::run`]). The server's writes go this way: one boxed closure per call is nothing
+    /// next to their statements, and it spares a job variant per method.
     Run(Box<dyn FnOnce(&Connection) + Send>),
 }
 
@@ -443,6 +619,20 @@ impl Writer {
             .map_err(|_| StoreError::WriterStopped)?;
         // If this future is dropped now, the job still runs: a commit may or may not have
         // happened, as with any commit whose answer was lost.
+        outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Runs `f` on the writer thread, after the jobs already queued, and waits for its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job::Run(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            })))
+            .map_err(|_| StoreError::WriterStopped)?;
         outcome.await.map_err(|_| StoreError::WriterStopped)?
     }
 }
@@ -499,7 +689,6 @@ fn writer_thread(
                 return;
             }
             Job::Stop => break,
-            #[cfg(test)]
             Job::Run(f) => f(&conn),
         }
     }
@@ -540,13 +729,13 @@ fn open_writer(target: &WriterTarget) -> rusqlite::Result<Connection> {
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed if `f` succeeds and rolled back
 /// otherwise. IMMEDIATE takes the write lock up front: the busy timeout then applies to waiting
 /// for it, instead of a deferred transaction failing to upgrade its read lock half-way.
-fn in_transaction(conn: &Connection, f: impl FnOnce(&Connection) -> Result<()>) -> Result<()> {
+fn in_transaction<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     // A transaction left open by a failed rollback would make every later BEGIN fail.
     rollback(conn);
     execute_cached(conn, "BEGIN IMMEDIATE")?;
-    let outcome = f(conn).and_then(|()| {
+    let outcome = f(conn).and_then(|value| {
         execute_cached(conn, "COMMIT")?;
-        Ok(())
+        Ok(value)
     });
     if outcome.is_err() {
         rollback(conn);
@@ -588,6 +777,109 @@ fn insert_definitions(conn: &Connection, defs: &[DefinitionRecord]) -> Result<()
     Ok(())
 }
 
+/// The compare-and-set of [`Store::assign_task`], inside the caller's transaction: one UPDATE
+/// whose WHERE is the compare, then, if it changed nothing, the task as it is.
+fn assign_task(
+    conn: &Connection,
+    id: &str,
+    from: &[String],
+    holder: Option<&str>,
+    status: &str,
+    assignee: Option<&str>,
+) -> Result<Option<(TaskRecord, bool)>> {
+    // One placeholder per accepted status (?5, ?6...). An empty list is `IN ()`, which SQLite
+    // accepts and which matches nothing. The statement is cached per list length.
+    let mut sql = String::from(
+        "UPDATE tasks SET status = ?1, assignee = ?2 \
+         WHERE id = ?3 AND (?4 IS NULL OR assignee = ?4) AND status IN (",
+    );
+    for i in 0..from.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("?{}", i + 5));
+    }
+    sql.push_str(concat!(") RETURNING ", task_cols!()));
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&status, &assignee, &id, &holder];
+    values.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+    let updated = conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(values), task_row)
+        .optional()?;
+    if let Some(row) = updated {
+        return Ok(Some((task_from(row), true)));
+    }
+    let current = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            task_cols!(),
+            " FROM tasks WHERE id = ?1"
+        ))?
+        .query_row([id], task_row)
+        .optional()?;
+    Ok(current.map(|row| (task_from(row), false)))
+}
+
+/// A `tasks` row in the order of `task_cols!`.
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+    ))
+}
+
+/// Numbers, hashes and inserts the next audit record, inside the caller's transaction.
+fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<AuditRecord> {
+    let last: Option<(i64, String)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let record = next_audit_record(last, entry);
+    let e = &record.entry;
+    conn.prepare_cached(concat!(
+        "INSERT INTO audit (",
+        audit_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?
+    .execute(params![
+        record.seq,
+        e.at,
+        e.actor,
+        e.role,
+        e.action,
+        e.target,
+        e.origin,
+        e.request_id,
+        e.details,
+        record.prev_hash,
+        record.hash
+    ])?;
+    Ok(record)
+}
+
+/// A primary-key or unique constraint refused the row.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Applying a batch
 
@@ -604,10 +896,11 @@ enum Sql {
     InsertTimer,
     InsertWait,
     InsertTask,
+    InsertInbox,
     UpdateTask,
 }
 
-const SQL_STATEMENTS: usize = 11;
+const SQL_STATEMENTS: usize = 12;
 
 impl Sql {
     fn text(self) -> &'static str {
@@ -654,6 +947,11 @@ impl Sql {
                 task_cols!(),
                 ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ),
+            Sql::InsertInbox => concat!(
+                "INSERT INTO inbox (",
+                inbox_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
             // A NULL role means "keep the role"; a role is only ever replaced (escalation).
             Sql::UpdateTask => {
                 "UPDATE tasks SET status = ?2, assignee = ?3, role = COALESCE(?4, role), \
@@ -697,16 +995,13 @@ enum Failure {
 
 impl From<rusqlite::Error> for Failure {
     /// Unique violations are conflicts (a duplicate case, event, effect, timer, wait or task
-    /// means two transitions raced); anything else is a database failure.
+    /// means two transitions raced, a duplicate inbox key a request taken twice); anything else
+    /// is a database failure.
     fn from(e: rusqlite::Error) -> Self {
-        match &e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-            {
-                Failure::Conflict
-            }
-            _ => Failure::Db(e),
+        if is_unique_violation(&e) {
+            Failure::Conflict
+        } else {
+            Failure::Db(e)
         }
     }
 }
@@ -725,7 +1020,8 @@ fn apply_batch(conn: &Connection, batch: &[CaseWrite]) -> Result<()> {
     Ok(())
 }
 
-/// One write, in the contract's order: case row, events, deletes, inserts, task updates.
+/// One write, in the contract's order: case row, events, deletes, inserts (the inbox rows last),
+/// task updates.
 fn apply_write(st: &mut Statements<'_>, w: &CaseWrite) -> std::result::Result<(), Failure> {
     if let Some(c) = &w.case {
         let row = params![
@@ -823,6 +1119,18 @@ fn apply_write(st: &mut Statements<'_>, w: &CaseWrite) -> std::result::Result<()
             t.completed_by,
             t.outcome,
             t.data
+        ])?;
+    }
+    // A `(scope, key)` already taken (by an earlier commit or an earlier write of this batch) is
+    // a unique violation: a conflict.
+    for i in &w.inbox {
+        st.get(Sql::InsertInbox)?.execute(params![
+            i.scope,
+            i.key,
+            i.request_hash,
+            i.case_id,
+            i.status,
+            i.created_at
         ])?;
     }
     // Updating a task that does not exist is a conflict: the transition was computed from a

@@ -15,8 +15,9 @@ use dossier_store::memory::MemoryStore;
 use dossier_store::postgres::PgStore;
 use dossier_store::sqlite::SqliteStore;
 use dossier_store::{
-    CaseFilter, CaseRecord, CaseWrite, DefinitionRecord, EffectRecord, EventRecord, Store,
-    StoreError, TaskFilter, TaskRecord, TaskUpdate, TimerRecord, WaitRecord,
+    audit_hash, verify_audit, ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord,
+    CaseWrite, DefinitionRecord, EffectRecord, EventRecord, InboxRecord, Store, StoreError,
+    TaskFilter, TaskRecord, TaskUpdate, TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
 use sqlx::Connection;
 
@@ -161,6 +162,16 @@ contract_tests!(
     definitions_are_insert_or_ignore,
     concurrent_commits_of_disjoint_cases,
     throughput,
+    inbox_round_trip,
+    duplicate_inbox_key_conflicts,
+    duplicate_inbox_key_in_one_batch_conflicts,
+    inbox_scope_is_ordered_by_key,
+    assign_task_is_compare_and_set,
+    count_tasks_by_status,
+    api_keys_lifecycle,
+    audit_chain_appends_and_verifies,
+    concurrent_audit_appends_form_one_chain,
+    audit_paging,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +278,41 @@ fn advance(id: &str, from: i64, to: i64) -> CaseWrite {
         expected_last_seq: Some(from),
         events: (from + 1..=to).map(|s| event(id, s)).collect(),
         ..Default::default()
+    }
+}
+
+fn inbox(scope: &str, key: &str, case_id: &str) -> InboxRecord {
+    InboxRecord {
+        scope: scope.to_string(),
+        key: key.to_string(),
+        request_hash: format!("sha-{scope}-{key}"),
+        case_id: case_id.to_string(),
+        status: "running".to_string(),
+        created_at: 1_000,
+    }
+}
+
+fn api_key(id: &str, name: &str, created_at: i64) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.to_string(),
+        name: name.to_string(),
+        role: "operator".to_string(),
+        hash: format!("hash-of-{id}"),
+        created_at,
+        revoked_at: None,
+    }
+}
+
+fn audit_entry(n: i64) -> AuditEntry {
+    AuditEntry {
+        at: 10_000 + n,
+        actor: format!("key:k{n}"),
+        role: "operator".to_string(),
+        action: "POST /api/v1/instances".to_string(),
+        target: format!("case-{n}"),
+        origin: "127.0.0.1:4242".to_string(),
+        request_id: format!("req-{n}"),
+        details: format!(r#"{{"status":201,"note":"quote \" é","n":{n}}}"#),
     }
 }
 
@@ -1132,4 +1178,526 @@ async fn sqlite_large_batch_is_chunked() {
     stale.push(advance("c00000", 3, 4));
     assert_conflict(s.commit(&stale).await, "c00000", Some(3));
     assert_eq!(s.case("c02999").await.unwrap().unwrap().last_seq, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server: inbox, task assignment, API keys, audit trail
+
+async fn inbox_round_trip(s: Arc<dyn Store>) {
+    assert_eq!(s.inbox("api:x", "k1").await.unwrap(), None);
+    let mut w = create("a", 1);
+    w.inbox.push(inbox("api:x", "k1", "a"));
+    w.inbox.push(inbox("hook:crm:1", "k1", "a"));
+    s.commit(&[w]).await.unwrap();
+
+    assert_eq!(
+        s.inbox("api:x", "k1").await.unwrap(),
+        Some(inbox("api:x", "k1", "a"))
+    );
+    assert_eq!(
+        s.inbox("hook:crm:1", "k1").await.unwrap(),
+        Some(inbox("hook:crm:1", "k1", "a"))
+    );
+    assert_eq!(s.inbox("api:x", "k2").await.unwrap(), None);
+    assert_eq!(s.inbox("api:y", "k1").await.unwrap(), None);
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 1)));
+
+    // A transition of an existing case records its request too, and a write with no case row
+    // (only an inbox record) is fine.
+    let mut next = advance("a", 1, 2);
+    let mut rec = inbox("api:x", "k2", "a");
+    rec.status = "completed".to_string();
+    rec.created_at = 2_000;
+    next.inbox.push(rec.clone());
+    let only_inbox = CaseWrite {
+        inbox: vec![inbox("api:x", "k3", "b")],
+        ..Default::default()
+    };
+    s.commit(&[next, only_inbox]).await.unwrap();
+    assert_eq!(s.inbox("api:x", "k2").await.unwrap(), Some(rec));
+    assert_eq!(
+        s.inbox("api:x", "k3").await.unwrap(),
+        Some(inbox("api:x", "k3", "b"))
+    );
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 2)));
+}
+
+async fn duplicate_inbox_key_conflicts(s: Arc<dyn Store>) {
+    let mut first = create("a", 1);
+    first.inbox.push(inbox("api:x", "k", "a"));
+    first.effects_new.push(effect("a/e", "a"));
+    s.commit(&[first]).await.unwrap();
+
+    // Another case created, then `a` advanced with new side rows and a fresh inbox record,
+    // then the taken key: the whole batch fails, blaming `a`'s write.
+    let mut other = create("other", 2);
+    other.inbox.push(inbox("api:x", "other-key", "other"));
+    other
+        .tasks_new
+        .push(task("other/t", "other", "clerk", None));
+    let mut dup = advance("a", 1, 3);
+    dup.effects_done.push("a/e".to_string());
+    dup.timers_new.push(timer("a/t", "a", 50));
+    dup.inbox.push(inbox("api:x", "fresh", "a"));
+    let mut again = inbox("api:x", "k", "a");
+    again.request_hash = "another body".to_string();
+    dup.inbox.push(again);
+    assert_conflict(s.commit(&[other, dup]).await, "a", Some(1));
+
+    // Nothing of the batch was written.
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 1)));
+    assert_eq!(s.history("a").await.unwrap(), vec![event("a", 1)]);
+    assert_eq!(
+        s.pending_effects(None, 0).await.unwrap(),
+        vec![effect("a/e", "a")]
+    );
+    assert!(s.due_timers(i64::MAX, 0).await.unwrap().is_empty());
+    assert_eq!(s.case("other").await.unwrap(), None);
+    assert!(s.history("other").await.unwrap().is_empty());
+    assert_eq!(s.task("other/t").await.unwrap(), None);
+    assert_eq!(s.inbox("api:x", "other-key").await.unwrap(), None);
+    assert_eq!(s.inbox("api:x", "fresh").await.unwrap(), None);
+    assert_eq!(
+        s.inbox("api:x", "k").await.unwrap(),
+        Some(inbox("api:x", "k", "a")),
+        "the stored record is not replaced"
+    );
+    assert_eq!(
+        s.inbox_scope("api:x").await.unwrap(),
+        vec![inbox("api:x", "k", "a")]
+    );
+
+    // A write without a case row is blamed by its inbox record's case.
+    let lone = CaseWrite {
+        inbox: vec![inbox("api:x", "k", "z")],
+        ..Default::default()
+    };
+    assert_conflict(s.commit(&[lone]).await, "z", None);
+
+    // The same transition without the taken key goes through.
+    let mut clean = advance("a", 1, 2);
+    clean.inbox.push(inbox("api:x", "fresh", "a"));
+    s.commit(&[clean]).await.unwrap();
+    assert_eq!(
+        s.inbox("api:x", "fresh").await.unwrap(),
+        Some(inbox("api:x", "fresh", "a"))
+    );
+}
+
+async fn duplicate_inbox_key_in_one_batch_conflicts(s: Arc<dyn Store>) {
+    // Two writes of one batch taking the same key: the second one is blamed.
+    let mut a = create("a", 1);
+    a.inbox.push(inbox("hook:crm", "delivery-1", "a"));
+    let mut b = create("b", 1);
+    b.inbox.push(inbox("hook:crm", "delivery-1", "b"));
+    assert_conflict(s.commit(&[a, create("c", 1), b]).await, "b", None);
+    for id in ["a", "b", "c"] {
+        assert_eq!(s.case(id).await.unwrap(), None, "case {id}");
+    }
+    assert_eq!(s.inbox("hook:crm", "delivery-1").await.unwrap(), None);
+
+    // Twice in the same write.
+    let mut twice = create("d", 1);
+    twice.inbox.push(inbox("hook:crm", "delivery-2", "d"));
+    twice.inbox.push(inbox("hook:crm", "delivery-2", "d"));
+    assert_conflict(s.commit(&[create("e", 1), twice]).await, "d", None);
+    assert_eq!(s.case("d").await.unwrap(), None);
+    assert_eq!(s.case("e").await.unwrap(), None);
+    assert_eq!(s.inbox("hook:crm", "delivery-2").await.unwrap(), None);
+
+    // The same key in another scope, or another key in the same scope, is no conflict; nor is
+    // a key split differently between scope and key.
+    let mut a = create("a", 1);
+    a.inbox.push(inbox("hook:crm", "delivery-1", "a"));
+    let mut b = create("b", 1);
+    b.inbox.push(inbox("hook:erp", "delivery-1", "b"));
+    b.inbox.push(inbox("hook:crm", "delivery-3", "b"));
+    let mut c = create("c", 1);
+    c.inbox.push(inbox("hook:crmdelivery-1", "", "c"));
+    c.inbox.push(inbox("hook:", "crmdelivery-1", "c"));
+    s.commit(&[a, b, c]).await.unwrap();
+    let keys = |v: Vec<InboxRecord>| v.into_iter().map(|i| i.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(s.inbox_scope("hook:crm").await.unwrap()),
+        vec!["delivery-1", "delivery-3"]
+    );
+    assert_eq!(
+        s.inbox_scope("hook:erp").await.unwrap(),
+        vec![inbox("hook:erp", "delivery-1", "b")]
+    );
+    assert_eq!(
+        s.inbox("hook:crmdelivery-1", "").await.unwrap(),
+        Some(inbox("hook:crmdelivery-1", "", "c"))
+    );
+}
+
+async fn inbox_scope_is_ordered_by_key(s: Arc<dyn Store>) {
+    assert!(s.inbox_scope("s1").await.unwrap().is_empty());
+    let mut w = create("a", 1);
+    for (scope, key) in [
+        ("s1", "k3"),
+        ("s1", "k10"),
+        ("s10", "k0"),
+        ("s", "k0"),
+        ("s1", "K2"),
+        ("s1", "k1"),
+        ("s1", "é"),
+        ("s1", "_x"),
+    ] {
+        w.inbox.push(inbox(scope, key, "a"));
+    }
+    s.commit(&[w]).await.unwrap();
+    // Byte order: upper case before `_` before lower case, multi-byte UTF-8 last.
+    assert_eq!(
+        s.inbox_scope("s1").await.unwrap(),
+        ["K2", "_x", "k1", "k10", "k3", "é"]
+            .iter()
+            .map(|k| inbox("s1", k, "a"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.inbox_scope("s").await.unwrap(),
+        vec![inbox("s", "k0", "a")]
+    );
+    assert!(s.inbox_scope("s2").await.unwrap().is_empty());
+}
+
+async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
+    let mut w = create("a", 1);
+    w.tasks_new.push(task("t1", "a", "clerk", Some(9_000)));
+    w.tasks_new.push(task("t2", "a", "clerk", None));
+    s.commit(&[w]).await.unwrap();
+    let open = task("t1", "a", "clerk", Some(9_000));
+    let mut claimed_by_ann = open.clone();
+    claimed_by_ann.status = "claimed".to_string();
+    claimed_by_ann.assignee = Some("ann".to_string());
+
+    // Unknown task.
+    assert_eq!(
+        s.assign_task("nope", &["open"], None, "claimed", Some("ann"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Ann claims the open task.
+    assert_eq!(
+        s.assign_task("t1", &["open"], None, "claimed", Some("ann"))
+            .await
+            .unwrap(),
+        Some((claimed_by_ann.clone(), true))
+    );
+    assert_eq!(s.task("t1").await.unwrap(), Some(claimed_by_ann.clone()));
+
+    // Bob's claim loses: the task is no longer open.
+    assert_eq!(
+        s.assign_task("t1", &["open"], None, "claimed", Some("bob"))
+            .await
+            .unwrap(),
+        Some((claimed_by_ann.clone(), false))
+    );
+    // Bob cannot release Ann's task (wrong holder).
+    assert_eq!(
+        s.assign_task("t1", &["claimed"], Some("bob"), "open", None)
+            .await
+            .unwrap(),
+        Some((claimed_by_ann.clone(), false))
+    );
+    // Ann cannot "release" from a status the task is not in (wrong status).
+    assert_eq!(
+        s.assign_task("t1", &["open", "completed"], Some("ann"), "open", None)
+            .await
+            .unwrap(),
+        Some((claimed_by_ann.clone(), false))
+    );
+    // An empty list of accepted statuses matches nothing.
+    assert_eq!(
+        s.assign_task("t1", &[], None, "open", None).await.unwrap(),
+        Some((claimed_by_ann.clone(), false))
+    );
+    assert_eq!(s.task("t1").await.unwrap(), Some(claimed_by_ann.clone()));
+
+    // Ann releases it: open again, no assignee, everything else untouched.
+    assert_eq!(
+        s.assign_task("t1", &["claimed"], Some("ann"), "open", None)
+            .await
+            .unwrap(),
+        Some((open.clone(), true))
+    );
+    assert_eq!(s.task("t1").await.unwrap(), Some(open.clone()));
+
+    // A holder never matches a task without assignee.
+    assert_eq!(
+        s.assign_task("t1", &["open"], Some("ann"), "claimed", Some("ann"))
+            .await
+            .unwrap(),
+        Some((open.clone(), false))
+    );
+
+    // Several accepted statuses: a supervisor reassigns whatever the task's state.
+    let mut claimed_by_bob = open.clone();
+    claimed_by_bob.status = "claimed".to_string();
+    claimed_by_bob.assignee = Some("bob".to_string());
+    assert_eq!(
+        s.assign_task("t1", &["open", "claimed"], None, "claimed", Some("bob"))
+            .await
+            .unwrap(),
+        Some((claimed_by_bob.clone(), true))
+    );
+    let mut claimed_by_cy = claimed_by_bob.clone();
+    claimed_by_cy.assignee = Some("cy".to_string());
+    assert_eq!(
+        s.assign_task("t1", &["open", "claimed"], None, "claimed", Some("cy"))
+            .await
+            .unwrap(),
+        Some((claimed_by_cy.clone(), true))
+    );
+
+    // The other task was never touched.
+    assert_eq!(
+        s.task("t2").await.unwrap(),
+        Some(task("t2", "a", "clerk", None))
+    );
+}
+
+async fn count_tasks_by_status(s: Arc<dyn Store>) {
+    assert!(s.count_tasks_by_status().await.unwrap().is_empty());
+    let mut w = create("a", 1);
+    for id in ["t1", "t2", "t3", "t4"] {
+        w.tasks_new.push(task(id, "a", "clerk", None));
+    }
+    let mut done = task("t5", "a", "clerk", None);
+    done.status = "completed".to_string();
+    w.tasks_new.push(done);
+    s.commit(&[w]).await.unwrap();
+    assert_eq!(
+        s.count_tasks_by_status().await.unwrap(),
+        vec![("completed".to_string(), 1), ("open".to_string(), 4)]
+    );
+
+    let claimed = s
+        .assign_task("t2", &["open"], None, "claimed", Some("ann"))
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|(_, changed)| changed), Some(true));
+    let mut cancel = advance("a", 1, 2);
+    cancel.tasks_updated.push(TaskUpdate {
+        id: "t3".to_string(),
+        status: "Review".to_string(),
+        assignee: None,
+        role: None,
+        completed_at: None,
+        completed_by: None,
+        outcome: None,
+        data: None,
+    });
+    s.commit(&[cancel]).await.unwrap();
+    // Ordered by status, byte order ("Review" before the lower-case ones).
+    assert_eq!(
+        s.count_tasks_by_status().await.unwrap(),
+        vec![
+            ("Review".to_string(), 1),
+            ("claimed".to_string(), 1),
+            ("completed".to_string(), 1),
+            ("open".to_string(), 2),
+        ]
+    );
+}
+
+async fn api_keys_lifecycle(s: Arc<dyn Store>) {
+    assert!(s.api_keys().await.unwrap().is_empty());
+    assert_eq!(s.api_key_by_hash("hash-of-k1").await.unwrap(), None);
+
+    let k1 = api_key("k1", "ci", 10);
+    let k2 = api_key("k2", "ops", 5);
+    let k3 = api_key("k3", "ci", 20);
+    // `k4`'s name is `k2`'s id: revoking "k2" takes both.
+    let k4 = api_key("k4", "k2", 30);
+    let mut k0 = api_key("k0", "legacy", 10);
+    k0.revoked_at = Some(7);
+    for k in [&k1, &k2, &k3, &k4, &k0] {
+        s.put_api_key(k).await.unwrap();
+    }
+    // Oldest first, ties by id.
+    assert_eq!(
+        s.api_keys().await.unwrap(),
+        vec![k2.clone(), k0.clone(), k1.clone(), k3.clone(), k4.clone()]
+    );
+    assert_eq!(
+        s.api_key_by_hash("hash-of-k3").await.unwrap(),
+        Some(k3.clone())
+    );
+    assert_eq!(s.api_key_by_hash("k3").await.unwrap(), None);
+
+    // A taken id or a taken hash is a conflict naming the new key; nothing changes.
+    let mut same_id = api_key("k1", "other", 40);
+    same_id.hash = "a new hash".to_string();
+    assert_conflict(s.put_api_key(&same_id).await, "k1", None);
+    let mut same_hash = api_key("k9", "other", 40);
+    same_hash.hash = k2.hash.clone();
+    assert_conflict(s.put_api_key(&same_hash).await, "k9", None);
+    assert_eq!(s.api_keys().await.unwrap().len(), 5);
+    assert_eq!(s.api_key_by_hash("a new hash").await.unwrap(), None);
+    assert_eq!(s.api_key_by_hash(&k2.hash).await.unwrap(), Some(k2.clone()));
+
+    // By id (and the key named after that id).
+    let revoked = |k: &ApiKeyRecord, at: i64| ApiKeyRecord {
+        revoked_at: Some(at),
+        ..k.clone()
+    };
+    assert_eq!(
+        s.revoke_api_key("k2", 100).await.unwrap(),
+        vec![revoked(&k2, 100), revoked(&k4, 100)]
+    );
+    assert!(s.revoke_api_key("k2", 150).await.unwrap().is_empty());
+    // By name: both `ci` keys, oldest first.
+    assert_eq!(
+        s.revoke_api_key("ci", 200).await.unwrap(),
+        vec![revoked(&k1, 200), revoked(&k3, 200)]
+    );
+    assert!(s.revoke_api_key("ci", 300).await.unwrap().is_empty());
+    // An already revoked key keeps its time; an unknown name revokes nothing.
+    assert!(s.revoke_api_key("legacy", 300).await.unwrap().is_empty());
+    assert!(s.revoke_api_key("nobody", 300).await.unwrap().is_empty());
+
+    assert_eq!(
+        s.api_keys().await.unwrap(),
+        vec![
+            revoked(&k2, 100),
+            k0.clone(),
+            revoked(&k1, 200),
+            revoked(&k3, 200),
+            revoked(&k4, 100)
+        ]
+    );
+    // Revoked keys are still found by hash (the caller checks `revoked_at`).
+    assert_eq!(
+        s.api_key_by_hash(&k1.hash).await.unwrap(),
+        Some(revoked(&k1, 200))
+    );
+}
+
+/// The record `append_audit` must return for entry `n` after `prev`.
+fn expected_audit(seq: i64, prev_hash: &str, entry: AuditEntry) -> AuditRecord {
+    AuditRecord {
+        seq,
+        hash: audit_hash(prev_hash, seq, &entry),
+        prev_hash: prev_hash.to_string(),
+        entry,
+    }
+}
+
+async fn audit_chain_appends_and_verifies(s: Arc<dyn Store>) {
+    assert!(s.audit(0, 0).await.unwrap().is_empty());
+    let mut appended = Vec::new();
+    let mut prev = AUDIT_GENESIS.to_string();
+    for n in 1..=5 {
+        let record = s.append_audit(&audit_entry(n)).await.unwrap();
+        assert_eq!(record, expected_audit(n, &prev, audit_entry(n)));
+        prev = record.hash.clone();
+        appended.push(record);
+    }
+    assert_ne!(appended[0].hash, appended[1].hash);
+
+    let stored = s.audit(0, 0).await.unwrap();
+    assert_eq!(stored, appended);
+    assert_eq!(verify_audit(&stored, AUDIT_GENESIS.into()), Ok(()));
+    // From a known record on.
+    assert_eq!(verify_audit(&stored[2..], stored[1].hash.clone()), Ok(()));
+    assert_eq!(verify_audit(&stored[2..], AUDIT_GENESIS.into()), Err(3));
+
+    // Any field changed breaks the chain at that record.
+    let tampered = |seq: usize, change: fn(&mut AuditRecord)| {
+        let mut records = stored.clone();
+        change(&mut records[seq - 1]);
+        verify_audit(&records, AUDIT_GENESIS.into())
+    };
+    assert_eq!(
+        tampered(3, |r| r.entry.actor = "key:mallory".into()),
+        Err(3)
+    );
+    assert_eq!(tampered(1, |r| r.entry.at += 1), Err(1));
+    assert_eq!(tampered(5, |r| r.entry.details = "{}".into()), Err(5));
+    assert_eq!(tampered(2, |r| r.entry.target.push('x')), Err(2));
+    // Moving text from one field to the next changes the hash too.
+    assert_eq!(
+        tampered(4, |r| {
+            r.entry.role.push_str("POST");
+            r.entry.action = r.entry.action.replacen("POST", "", 1);
+        }),
+        Err(4)
+    );
+    // A re-hashed record still breaks the link of the next one.
+    assert_eq!(
+        tampered(2, |r| {
+            r.entry.actor = "key:mallory".into();
+            r.hash = audit_hash(&r.prev_hash, r.seq, &r.entry);
+        }),
+        Err(3)
+    );
+    // A removed record is a gap.
+    let mut gap = stored.clone();
+    gap.remove(1);
+    assert_eq!(verify_audit(&gap, AUDIT_GENESIS.into()), Err(3));
+
+    // The next append continues the chain.
+    let sixth = s.append_audit(&audit_entry(6)).await.unwrap();
+    assert_eq!(sixth, expected_audit(6, &stored[4].hash, audit_entry(6)));
+}
+
+async fn concurrent_audit_appends_form_one_chain(s: Arc<dyn Store>) {
+    const APPENDS: i64 = 20;
+    let handles: Vec<_> = (1..=APPENDS)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move { s.append_audit(&audit_entry(n)).await })
+        })
+        .collect();
+    let mut returned = Vec::new();
+    for h in handles {
+        returned.push(h.await.expect("append task").expect("append"));
+    }
+
+    let stored = s.audit(0, 0).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=APPENDS).collect::<Vec<_>>()
+    );
+    assert_eq!(verify_audit(&stored, AUDIT_GENESIS.into()), Ok(()));
+    // Each caller got the record as stored, and every entry is there once.
+    returned.sort_by_key(|r| r.seq);
+    assert_eq!(returned, stored);
+    let mut actors: Vec<String> = stored.iter().map(|r| r.entry.actor.clone()).collect();
+    actors.sort();
+    let mut expected: Vec<String> = (1..=APPENDS).map(|n| audit_entry(n).actor).collect();
+    expected.sort();
+    assert_eq!(actors, expected);
+}
+
+async fn audit_paging(s: Arc<dyn Store>) {
+    let mut all = Vec::new();
+    for n in 1..=7 {
+        all.push(s.append_audit(&audit_entry(n)).await.unwrap());
+    }
+    assert_eq!(s.audit(0, 3).await.unwrap(), all[0..3].to_vec());
+    assert_eq!(s.audit(3, 3).await.unwrap(), all[3..6].to_vec());
+    assert_eq!(s.audit(6, 3).await.unwrap(), all[6..7].to_vec());
+    assert!(s.audit(7, 3).await.unwrap().is_empty());
+    assert!(s.audit(100, 0).await.unwrap().is_empty());
+    assert_eq!(s.audit(5, 0).await.unwrap(), all[5..].to_vec());
+    assert_eq!(s.audit(-1, -1).await.unwrap(), all);
+
+    // Walking the trail page by page and checking each page from the last hash seen.
+    let mut after = 0;
+    let mut prev = AUDIT_GENESIS.to_string();
+    let mut pages = Vec::new();
+    loop {
+        let page = s.audit(after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert_eq!(verify_audit(&page, prev.clone()), Ok(()));
+        after = last.seq;
+        prev = last.hash.clone();
+        pages.push(page.len());
+    }
+    assert_eq!(pages, vec![2, 2, 2, 1]);
 }

@@ -1,0 +1,42 @@
+//! The audit trail: every call that changed something, who made it, when and from where, in a
+//! hash chain of its own (see `dossier_store::audit_hash`).
+
+use serde_json::Value;
+
+use dossier_store::AuditEntry;
+
+use crate::auth::Principal;
+use crate::body::RequestMeta;
+use crate::AppState;
+
+/// Appends one entry. Called after the change is committed: an entry is never written for a
+/// refused request (those write nothing). A failure to write it does not undo the change: it
+/// is logged as an error with the request's correlation id, for the administrator.
+pub async fn record(
+    state: &AppState,
+    who: &Principal,
+    meta: &RequestMeta,
+    action: &str,
+    target: &str,
+    details: Value,
+) {
+    let entry = AuditEntry {
+        at: state.now_ms(),
+        actor: who.id.clone(),
+        role: who.role_text(),
+        action: action.to_string(),
+        target: target.to_string(),
+        origin: meta.origin.clone(),
+        request_id: meta.request_id.clone(),
+        details: details.to_string(),
+    };
+    if let Err(e) = state.store().append_audit(&entry).await {
+        tracing::error!(
+            correlation_id = %meta.request_id,
+            action,
+            target,
+            error = %e,
+            "the audit entry could not be written"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use dossier_store::TaskFilter;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store().count_cases_by_status().await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "not_ready", "message": "the database does not answer", "details": null})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = render(&state).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The metrics page. Counters are totals since the process started (use `rate()` for per
+/// second figures: `rate(dossier_steps_total[1m])` is steps/s).
+pub async fn render(state: &AppState) -> Result<String, ApiError> {
+    let store = state.store();
+    let m = state.engine.metrics();
+    let now = state.now_ms();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_string()
+    };
+    let _ = family("dossier_cases", "gauge", "Cases by status.");
+    let mut body = String::new();
+    let mut by_status = store.count_cases_by_status().await?;
+    for s in ["running", "waiting", "completed", "failed", "cancelled"] {
+        if !by_status.iter().any(|(k, _)| k == s) {
+            by_status.push((s.to_string(), 0));
+        }
+    }
+    by_status.sort();
+    for (status, n) in &by_status {
+        let _ = writeln!(body, "dossier_cases{{status=\"{}\"}} {n}", escape(status));
+    }
+    out.push_str(&body);
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        &mut out,
+        "dossier_steps_total",
+        "Workflow steps started (rate() gives steps/s).",
+        m.steps,
+    );
+    counter(
+        &mut out,
+        "dossier_inputs_total",
+        "Inputs recorded in case histories.",
+        m.inputs,
+    );
+    counter(
+        &mut out,
+        "dossier_commits_total",
+        "Group commits of the engine.",
+        m.commits,
+    );
+    counter(
+        &mut out,
+        "dossier_timers_fired_total",
+        "Durable timers handed to the engine.",
+        m.timers_fired,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dossier_effects_total Connector calls by result.\n# TYPE dossier_effects_total counter\ndossier_effects_total{{result=\"ok\"}} {}\ndossier_effects_total{{result=\"failed\"}} {}",
+        m.effects_ok, m.effects_failed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dossier_effect_latency_seconds Connector call latency.\n# TYPE dossier_effect_latency_seconds histogram"
+    );
+    let mut total = 0;
+    for (bound, n) in &m.effect_latency_buckets {
+        let le = bound
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "+Inf".into());
+        let _ = writeln!(
+            out,
+            "dossier_effect_latency_seconds_bucket{{le=\"{le}\"}} {n}"
+        );
+        total = *n;
+    }
+    let _ = writeln!(
+        out,
+        "dossier_effect_latency_seconds_sum {}",
+        m.effect_latency_sum_seconds
+    );
+    let _ = writeln!(out, "dossier_effect_latency_seconds_count {total}");
+
+    let _ = writeln!(out, "# HELP dossier_tasks Human tasks by status (the backlog is open + claimed + awaiting_second).\n# TYPE dossier_tasks gauge");
+    let mut tasks = store.count_tasks_by_status().await?;
+    for s in [
+        "open",
+        "claimed",
+        "awaiting_second",
+        "completed",
+        "cancelled",
+    ] {
+        if !tasks.iter().any(|(k, _)| k == s) {
+            tasks.push((s.to_string(), 0));
+        }
+    }
+    tasks.sort();
+    for (status, n) in &tasks {
+        let _ = writeln!(out, "dossier_tasks{{status=\"{}\"}} {n}", escape(status));
+    }
+    let mut overdue = 0;
+    for s in ["open", "claimed", "awaiting_second"] {
+        let f = TaskFilter {
+            status: Some(s.into()),
+            due_before: Some(now),
+            ..TaskFilter::default()
+        };
+        overdue += store.tasks(&f).await?.len();
+    }
+    let _ = writeln!(out, "# HELP dossier_tasks_overdue Open tasks past their due date.\n# TYPE dossier_tasks_overdue gauge\ndossier_tasks_overdue {overdue}");
+    // The oldest timer still waiting although due: how far behind the timer task is now.
+    let lag_now = match store.next_timer_at().await? {
+        Some(at) if at < now => (now - at) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let _ = writeln!(
+        out,
+        "# HELP dossier_timer_lag_seconds How late the oldest due timer is (0 when none is due).\n# TYPE dossier_timer_lag_seconds gauge\ndossier_timer_lag_seconds {lag_now}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dossier_timer_fire_lag_seconds How late the timers last handed over were.\n# TYPE dossier_timer_fire_lag_seconds gauge\ndossier_timer_fire_lag_seconds {}",
+        m.timer_lag_ms.max(0) as f64 / 1000.0
+    );
+    Ok(out)
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
