@@ -469,10 +469,13 @@ async fn get_instance(
         })
         .await?;
     let now = state.now_ms();
+    // Operators see the tasks of their own inboxes only, as in `GET /tasks`.
+    let sees_all = who.has_any(&[ADMIN, ANALYST, AUDITOR]);
     v["tasks"] = Value::Array(
         tasks
             .iter()
             .filter(|t| matches!(t.status.as_str(), "open" | "claimed" | "awaiting_second"))
+            .filter(|t| sees_all || who.has(&t.role))
             .map(|t| task_json(t, now))
             .collect(),
     );
@@ -547,7 +550,7 @@ async fn send_event(
         request_hash: request_hash(&body.value),
     });
     let d = state.engine.deliver_event(&name, payload, dedup).await?;
-    let replayed = key.is_some() && !d.fresh;
+    let replayed = d.replayed;
     if d.fresh {
         audit::record(&state, &who, &meta, "events.send", "", json!({"event": name, "reached": d.reached, "started": d.started, "idempotency_key": key})).await;
     }
@@ -578,7 +581,7 @@ async fn instance_event(
     let (name, payload) = event_body(&body)?;
     let case = case_or_404(&state, &id).await?;
     let dedup = key.as_ref().map(|k| Dedup {
-        scope: format!("api:instance-events:{}:{k}", who.id),
+        scope: format!("api:instance-events:{}:{id}:{k}", who.id),
         request_hash: request_hash(&body.value),
     });
     let d = state
@@ -876,7 +879,14 @@ async fn claim_task(
     };
     let (after, changed) = state
         .store()
-        .assign_task(&id, &[t.status.as_str()], None, to, Some(&who.name))
+        .assign_task(
+            &id,
+            &[t.status.as_str()],
+            &t.role,
+            None,
+            to,
+            Some(&who.name),
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task has the id {id}")))?;
     if !changed {
@@ -925,7 +935,7 @@ async fn release_task(
     };
     let (after, changed) = state
         .store()
-        .assign_task(&id, &[t.status.as_str()], Some(&holder), to, None)
+        .assign_task(&id, &[t.status.as_str()], &t.role, Some(&holder), to, None)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task has the id {id}")))?;
     if !changed {
@@ -981,9 +991,16 @@ async fn complete_task(
         }
     }
     let data = b.data.unwrap_or_else(|| Value::Object(Map::new()));
+    // Decided as seen: if the task was escalated or claimed by someone else meanwhile, the
+    // engine refuses it when it prepares the decision.
+    let guard = dossier_runtime::TaskGuard {
+        task: id.clone(),
+        role: t.role.clone(),
+        holder: who.name.clone(),
+    };
     let applied = state
         .engine
-        .decide_task(&id, &b.outcome, data, &who.name)
+        .decide_task_guarded(&b.outcome, data, &who.name, guard)
         .await?;
     let after = task_or_404(&state, &id).await?;
     audit::record(

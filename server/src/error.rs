@@ -117,6 +117,11 @@ impl From<RuntimeError> for ApiError {
                 "trigger_input",
                 format!("the trigger cannot compute the case's input from this payload: {m}"),
             ),
+            RuntimeError::TaskMoved { task, role, assignee } => ApiError::conflict(
+                "task_moved",
+                format!("the task {task} moved before your decision (now in the inbox of `{role}`); reload it"),
+            )
+            .with_details(json!({"role": role, "assignee": assignee})),
             RuntimeError::Rejected(r) => rejection(r),
             other => ApiError::internal(&other),
         }

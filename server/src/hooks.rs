@@ -35,11 +35,11 @@ async fn receive(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     let Some(keys) = state.hook_keys.get(&name) else {
-        let known: Vec<&String> = state.hook_keys.keys().collect();
-        return Err(
-            ApiError::not_found("unknown_hook", format!("no webhook is named `{name}`"))
-                .with_details(json!({"known": known})),
-        );
+        // The configured names are not listed: the caller is not authenticated yet.
+        return Err(ApiError::not_found(
+            "unknown_hook",
+            format!("no webhook is named `{name}`; check the URL the sender was given"),
+        ));
     };
     let signed = Signed {
         id: header(&headers, "webhook-id"),
@@ -102,9 +102,9 @@ async fn receive(
         "webhook_id": id,
         "started": delivery.started,
         "reached": delivery.reached,
-        "duplicate": !delivery.fresh,
+        "duplicate": delivery.replayed,
     });
-    if !delivery.fresh {
+    if delivery.replayed {
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
     let who = Principal {

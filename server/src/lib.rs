@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(hooks::routes())
         .merge(metrics::routes())
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(body::json_errors))
         .layer(axum::middleware::from_fn(body::request_meta))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -94,7 +94,7 @@ pub fn verify(
         .parse()
         .map_err(|_| SignatureError::BadTimestamp(ts_text.chars().take(40).collect()))?;
     let off = ts.saturating_sub(now);
-    if off.abs() > tolerance {
+    if off.unsigned_abs() > tolerance.unsigned_abs() {
         return Err(SignatureError::OutOfTolerance { off, tolerance });
     }
     if keys.is_empty() {
@@ -223,6 +223,18 @@ mod tests {
             ),
             Err(SignatureError::BadTimestamp("soon".into()))
         );
+        // A timestamp at the end of the range neither overflows nor passes.
+        let far = i64::MIN.to_string();
+        assert!(matches!(
+            verify(
+                std::slice::from_ref(&old),
+                &headers(EXPECTED, &far),
+                BODY.as_bytes(),
+                TS,
+                300
+            ),
+            Err(SignatureError::OutOfTolerance { .. })
+        ));
         let missing = Signed {
             id: Some(ID),
             timestamp: None,

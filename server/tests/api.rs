@@ -342,6 +342,20 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(h: Harness) {
         (s, cases(&v)),
         (StatusCode::BAD_REQUEST, "bad_parameter".into())
     );
+    let (s, hd, v) = h
+        .call("DELETE", "/api/v1/instances", Some("admin"), &[], None)
+        .await;
+    assert_eq!(
+        (s, cases(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into()),
+        "{v}"
+    );
+    assert!(hd.get("allow").is_some());
+    let (s, _, v) = h
+        .call("GET", "/api/v1/instances/%FF%FE", Some("admin"), &[], None)
+        .await;
+    assert!(s.is_client_error(), "{s}");
+    assert!(v["error"].is_string() && v["message"].is_string(), "{v}");
     let (s, v) = h.get("/api/v1/nothing-here", "admin").await;
     assert_eq!(
         (s, cases(&v)),
@@ -478,6 +492,83 @@ async fn events_reach_the_correlated_cases(h: Harness) {
     assert_eq!(v2["started"], json!(started));
     assert_eq!(hd.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(h.case_count().await, 3);
+
+    // A retry answers from the first delivery: a case that began to wait since is not reached.
+    let retire = json!({"name": "demande_retiree", "payload": {"demande": "DA-103"}})
+        .to_string()
+        .into_bytes();
+    let (s, hd, v) = h
+        .call(
+            "POST",
+            "/api/v1/events",
+            Some("system"),
+            &[("idempotency-key", "ev-2")],
+            Some(retire.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["reached"].clone()),
+        (StatusCode::ACCEPTED, json!([])),
+        "{v}"
+    );
+    assert!(
+        hd.get("idempotent-replayed").is_none(),
+        "a first call is not a replay"
+    );
+    let first = start(&h, "DA-103").await;
+    h.wait_status(&first, "waiting").await;
+    let (_, _, v) = h
+        .call(
+            "POST",
+            "/api/v1/events",
+            Some("system"),
+            &[("idempotency-key", "ev-3")],
+            Some(retire.clone()),
+        )
+        .await;
+    assert_eq!(v["reached"], json!([first]));
+    h.wait_status(&first, "completed").await;
+    let second = start(&h, "DA-103").await;
+    h.wait_status(&second, "waiting").await;
+    let (s, hd, v) = h
+        .call(
+            "POST",
+            "/api/v1/events",
+            Some("system"),
+            &[("idempotency-key", "ev-3")],
+            Some(retire),
+        )
+        .await;
+    assert_eq!(
+        (s, v["reached"].clone()),
+        (StatusCode::ACCEPTED, json!([first])),
+        "{v}"
+    );
+    assert_eq!(hd.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(
+        h.store.case(&second).await.unwrap().unwrap().status,
+        "waiting"
+    );
+    // An instance event's key belongs to that case: the same key and body sent to another case
+    // is another request.
+    let third = start(&h, "DA-104").await;
+    h.wait_status(&third, "waiting").await;
+    let body = json!({"name": "demande_retiree", "payload": {}})
+        .to_string()
+        .into_bytes();
+    for case in [&second, &third] {
+        let (s, _, v) = h
+            .call(
+                "POST",
+                &format!("/api/v1/instances/{case}/events"),
+                Some("system"),
+                &[("idempotency-key", "same")],
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        h.wait_status(case, "completed").await;
+    }
     h.stop().await;
 }
 
@@ -594,6 +685,17 @@ async fn task_lifecycle_with_four_eyes(h: Harness) {
         (StatusCode::CONFLICT, Some("four_eyes")),
         "{v}"
     );
+    // A claim of a task awaiting its second decision is exclusive too.
+    let (s, _) = h.post(&path("claim"), "admin", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = h.post(&path("claim"), "operatrice_achats", json!({})).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::CONFLICT, Some("task_claimed")),
+        "{v}"
+    );
+    let (s, _) = h.post(&path("release"), "admin", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
     // Another one claims, releases (the task stays awaiting its second decision), decides.
     let (s, v) = h.post(&path("claim"), "operatrice_achats", json!({})).await;
     assert_eq!(
@@ -698,6 +800,21 @@ async fn reminders_and_escalation_run_on_durable_timers(h: Harness) {
     assert_eq!(v["items"][0]["id"], json!(id));
     let (_, v) = h.get("/api/v1/tasks", "directeur").await;
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    // A decision prepared before the escalation (seen in the `achats` inbox) is refused.
+    let stale = dossier_runtime::TaskGuard {
+        task: id.clone(),
+        role: "achats".into(),
+        holder: "operateur_achats".into(),
+    };
+    let e = h
+        .engine
+        .decide_task_guarded("approuve", json!({}), "operateur_achats", stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, dossier_runtime::RuntimeError::TaskMoved { ref role, .. } if role == "direction"),
+        "{e}"
+    );
     // The purchasing operators no longer work it; the director decides.
     let (s, _) = h
         .post(
@@ -911,6 +1028,19 @@ async fn webhooks_are_verified_and_deduplicated(h: Harness) {
     );
     assert_eq!(h.case_count().await, 1);
 
+    // A notice no case waits for: accepted, not a duplicate, nothing recorded for it.
+    let early = json!({"demande": "DA-999"}).to_string().into_bytes();
+    let (s, _, v) = send(
+        signed_headers(TRANSPORT_SECRET, "liv_0", now, &early),
+        early,
+        "transporteur",
+    )
+    .await;
+    assert_eq!(
+        (s, v["duplicate"].clone(), v["reached"].clone()),
+        (StatusCode::ACCEPTED, json!(false), json!([])),
+        "{v}"
+    );
     // A hook configured as an event: the carrier's delivery notice reaches the waiting case.
     let id = task_of(&h, &case).await["id"].as_str().unwrap().to_string();
     for who in ["operateur_achats", "operatrice_achats"] {

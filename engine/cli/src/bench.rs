@@ -84,7 +84,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -92,17 +92,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-struct Db {
-    url: String,
+pub(crate) struct Db {
+    pub(crate) url: String,
     drop: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn fresh_db(backend: &str, pg: &str, tag: &str) -> anyhow::Result<Db> {
+pub(crate) async fn fresh_db(backend: &str, pg: &str, tag: &str) -> anyhow::Result<Db> {
     match backend {
         "sqlite" => {
             let dir = tempfile::Builder::new()
@@ -141,7 +141,7 @@ async fn fresh_db(backend: &str, pg: &str, tag: &str) -> anyhow::Result<Db> {
     }
 }
 
-async fn drop_db(db: Db) {
+pub(crate) async fn drop_db(db: Db) {
     if let Some((pg, name)) = db.drop {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&pg).await {
             let _ = admin

@@ -121,6 +121,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             journal,
         } => {
             let engine = engine(&root, db, journal, Arc::new(SystemClock), true).await?;
+            dossier_runtime::cron::spawn(engine.clone());
             if until_idle {
                 wait_idle(&engine).await?;
             } else {
@@ -130,6 +131,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { db } => demo(&root, db).await,
         Command::Bench(args) => crate::bench::run(&root, args).await,
+        Command::BenchWebhook(args) => crate::bench_webhook::run(args).await,
         Command::Serve {
             db,
             listen,

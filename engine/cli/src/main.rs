@@ -1,6 +1,7 @@
 //! `dossier`: the command line of the Dossier workflow engine.
 
 mod bench;
+mod bench_webhook;
 mod commands;
 mod serve;
 mod store;
@@ -115,6 +116,9 @@ enum Command {
     },
     /// Measure throughput, latency and memory (see the README).
     Bench(bench::BenchArgs),
+    /// Load the webhook path of `dossier serve`: signed deliveries over loopback to a server
+    /// process, requests/s and latency, then redeliveries (dedup); checks one case per delivery.
+    BenchWebhook(bench_webhook::BenchWebhookArgs),
     /// Run the engine with the HTTP API, webhooks and the task inbox.
     Serve {
         #[arg(long, env = "DOSSIER_DB")]

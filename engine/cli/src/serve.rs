@@ -68,6 +68,7 @@ pub async fn serve(
         EngineConfig::default(),
     )
     .await?;
+    dossier_runtime::cron::spawn(engine.clone());
     let state = AppState::new(engine.clone(), config)
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

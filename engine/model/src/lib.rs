@@ -6,8 +6,11 @@
 //! through the [`Catalog`] trait, which the runtime implements.
 //!
 //! Key types: [`Workflow`] and [`Step`] (the format), [`ParsedWorkflow`] (a file with its
-//! [`SpanIndex`]), [`Diagnostic`] (`file:line:col: error: ...` with a hint), [`IsoDuration`].
+//! [`SpanIndex`]), [`Diagnostic`] (`file:line:col: error: ...` with a hint), [`IsoDuration`],
+//! [`cron::CronSchedule`] (the schedules of `cron` triggers, shared by the validator and the
+//! runtime).
 
+pub mod cron;
 mod diag;
 mod duration;
 pub mod graph;

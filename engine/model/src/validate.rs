@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use indexmap::IndexMap;
 
+use crate::cron::{CronError, CronSchedule};
 use crate::{
     did_you_mean, Diagnostic, FieldSpec, FieldType, IsoDuration, ParsedWorkflow, Pos, SpanIndex,
     Step, StepKind, Workflow, END,
@@ -642,12 +643,13 @@ impl<'a> Checker<'a> {
                     "`timezone` only applies to a `cron` trigger",
                     "remove `timezone`: webhooks and events start a case when they arrive",
                 );
-            } else if tz.trim().is_empty() || tz.contains(char::is_whitespace) {
-                self.error(
-                    self.value(&format!("{p}.timezone")),
-                    format!("`{tz}` is not a time zone name"),
-                    "use an IANA name such as `Africa/Abidjan` or `Europe/Paris`",
-                );
+            } else if let Err(message) = crate::cron::parse_timezone(tz) {
+                const IANA: &str = "use an IANA name such as `Africa/Abidjan` or `Europe/Paris`";
+                let hint = match crate::cron::suggest_timezone(tz) {
+                    Some(best) => format!("did you mean `{best}`? {IANA}"),
+                    None => IANA.to_string(),
+                };
+                self.error(self.value(&format!("{p}.timezone")), message, hint);
             }
         }
         // A trigger's input replaces the payload as the case's input, so it must fit the
@@ -688,57 +690,30 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Checks a cron schedule with the parser that runs it ([`crate::cron::CronSchedule`]), so
+    /// validation and execution never disagree.
     fn check_cron(&mut self, path: &str, cron: &str) {
-        const FIELDS: [(&str, u32, u32); 5] = [
-            ("minute", 0, 59),
-            ("hour", 0, 23),
-            ("day-of-month", 1, 31),
-            ("month", 1, 12),
-            ("day-of-week", 0, 7),
-        ];
         const EXAMPLE: &str = "e.g. `0 8 * * MON-FRI` runs at 8:00 on weekdays (minute hour day-of-month month day-of-week; no seconds)";
-        // Fields with their offsets in characters, to point at the faulty one.
-        let mut parts: Vec<(usize, &str)> = Vec::new();
-        let mut start = None;
-        for (ci, (bi, c)) in cron.char_indices().enumerate() {
-            match (c.is_whitespace(), start) {
-                (false, None) => start = Some((ci, bi)),
-                (true, Some((cs, bs))) => {
-                    parts.push((cs, &cron[bs..bi]));
-                    start = None;
-                }
-                _ => {}
+        match CronSchedule::check(cron) {
+            Ok(_) => {}
+            Err(e @ CronError::FieldCount { .. }) => {
+                self.error(self.value(path), e.to_string(), EXAMPLE);
             }
-        }
-        if let Some((cs, bs)) = start {
-            parts.push((cs, &cron[bs..]));
-        }
-        if parts.len() != 5 {
-            self.error(
-                self.value(path),
-                format!(
-                    "the cron schedule `{cron}` has {} fields instead of 5",
-                    parts.len()
-                ),
-                EXAMPLE,
-            );
-            return;
-        }
-        for (n, (offset, field)) in parts.iter().enumerate() {
-            let (name, lo, hi) = FIELDS[n];
-            if let Err(reason) = cron_field(field, n, lo, hi) {
-                self.error(
-                    self.inside_value(path, *offset),
-                    format!("the {name} field `{field}` of the cron schedule is not valid: {reason}"),
-                    format!(
-                        "write `*`, a number, a range `1-5`, a list `1,15`, a step `*/15`{}; {EXAMPLE}",
-                        match n {
-                            3 => " or a month name (`JAN`)",
-                            4 => " or a day name (`MON`)",
-                            _ => "",
-                        }
-                    ),
-                );
+            Err(CronError::Fields(errors)) => {
+                for e in errors {
+                    self.error(
+                        self.inside_value(path, e.offset),
+                        e.to_string(),
+                        format!(
+                            "write `*`, a number, a range `1-5`, a list `1,15`, a step `*/15`{}; {EXAMPLE}",
+                            match e.index {
+                                3 => " or a month name (`JAN`)",
+                                4 => " or a day name (`MON`)",
+                                _ => "",
+                            }
+                        ),
+                    );
+                }
             }
         }
     }
@@ -1730,69 +1705,6 @@ fn member_accesses(source: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Checks one field of a cron schedule; `n` is its position (3 = month, 4 = day of week).
-fn cron_field(field: &str, n: usize, lo: u32, hi: u32) -> Result<(), String> {
-    const MONTHS: [&str; 12] = [
-        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-    ];
-    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-    let value = |s: &str| -> Result<u32, String> {
-        if let Ok(v) = s.parse::<u32>() {
-            return if (lo..=hi).contains(&v) {
-                Ok(v)
-            } else {
-                Err(format!("`{s}` is outside {lo}-{hi}"))
-            };
-        }
-        let up = s.to_ascii_uppercase();
-        let named = match n {
-            3 => MONTHS.iter().position(|m| *m == up).map(|p| p as u32 + 1),
-            4 => DAYS.iter().position(|d| *d == up).map(|p| p as u32),
-            _ => None,
-        };
-        named.ok_or_else(|| {
-            format!(
-                "`{s}` is not a number{}",
-                if n >= 3 { " nor a name" } else { "" }
-            )
-        })
-    };
-    for item in field.split(',') {
-        if item.is_empty() {
-            return Err("a list has an empty element".to_string());
-        }
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (item, None),
-        };
-        if let Some(s) = step {
-            match s.parse::<u32>() {
-                Ok(v) if v >= 1 => {}
-                _ => {
-                    return Err(format!(
-                        "the step `/{s}` is not a whole number of 1 or more"
-                    ))
-                }
-            }
-        }
-        if range == "*" {
-            continue;
-        }
-        match range.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (value(a)?, value(b)?);
-                if a > b {
-                    return Err(format!("the range `{range}` goes backwards"));
-                }
-            }
-            None => {
-                value(range)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1820,16 +1732,5 @@ mod tests {
                 .collect();
         // `a.input.y` is a member of `a`, not of the case's input.
         assert_eq!(found, expected);
-    }
-
-    #[test]
-    fn cron_fields() {
-        assert!(cron_field("*/15", 0, 0, 59).is_ok());
-        assert!(cron_field("MON-FRI", 4, 0, 7).is_ok());
-        assert!(cron_field("1,15", 2, 1, 31).is_ok());
-        assert!(cron_field("60", 0, 0, 59).is_err());
-        assert!(cron_field("MON", 1, 0, 23).is_err());
-        assert!(cron_field("5-1", 1, 0, 23).is_err());
-        assert!(cron_field("*/0", 0, 0, 59).is_err());
     }
 }

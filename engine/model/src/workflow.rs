@@ -181,7 +181,9 @@ pub struct Trigger {
     /// Name of an event that starts a case when no case waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
-    /// Cron schedule (`0 8 * * MON-FRI`: seconds omitted, five fields).
+    /// Cron schedule (`0 8 * * MON-FRI`: seconds omitted, five fields). Each slot starts one
+    /// case, with the payload `{scheduled_at, schedule}` (`payload.scheduled_at` is the slot,
+    /// RFC 3339 UTC); slots missed while no engine runs are not caught up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// Time zone of the cron schedule (`Africa/Abidjan`); UTC when absent.

@@ -955,3 +955,36 @@ fn calls_that_go_round_in_a_circle() {
     "#]]
     .assert_eq(&(circles.join("\n") + "\n"));
 }
+
+#[test]
+fn trigger_time_zones() {
+    check(
+        r#"
+id: test
+version: 1
+title: Test
+steps:
+  - id: a
+    assign: { x: "1" }
+triggers:
+  - cron: "0 8 * * MON-FRI"
+    timezone: Africa/Abidjan
+  - cron: "0 8 * * *"
+    timezone: UTC
+  - cron: "0 8 * * *"
+    timezone: europe/paris
+  - cron: "0 8 * * *"
+    timezone: Mars/Olympus
+  - cron: "0 8 * * *"
+    timezone: "Europe/ Paris"
+"#,
+        expect![[r#"
+            workflows/test.yaml:14:15: error: `europe/paris` is not a time zone name
+              hint: did you mean `Europe/Paris`? use an IANA name such as `Africa/Abidjan` or `Europe/Paris`
+            workflows/test.yaml:16:15: error: `Mars/Olympus` is not a time zone name
+              hint: use an IANA name such as `Africa/Abidjan` or `Europe/Paris`
+            workflows/test.yaml:18:15: error: `Europe/ Paris` is not a time zone name
+              hint: did you mean `Europe/Paris`? use an IANA name such as `Africa/Abidjan` or `Europe/Paris`
+        "#]],
+    );
+}

@@ -125,9 +125,15 @@ pub struct Delivery {
     pub reached: Vec<String>,
     /// Cases a trigger started (now, or in an earlier delivery of the same request).
     pub started: Vec<String>,
-    /// Something was recorded now; false for a redelivery that found everything done.
+    /// Something was recorded now.
     pub fresh: bool,
+    /// The request was taken before (same deduplication scope) and nothing new was done now:
+    /// this is the first answer again.
+    pub replayed: bool,
 }
+
+/// The key of the record that says a deduplicated request was handled to its end.
+const DONE_KEY: &str = "done";
 
 /// Rows to remove once an input is handled, even when the case ignores it.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +142,8 @@ struct Cleanup {
     timer: Option<String>,
 }
 
+// `Stop` is small and rare; boxing the others would cost an allocation per input.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Finish the batch at hand, then stop; answered once stopped.
     Stop(oneshot::Sender<()>),
@@ -152,8 +160,20 @@ enum Command {
         event: Event,
         cleanup: Cleanup,
         inbox: Option<InboxKey>,
+        /// What a task decision expects of the task's row (see [`TaskGuard`]).
+        guard: Option<TaskGuard>,
         reply: Option<oneshot::Sender<Result<Applied>>>,
     },
+}
+
+/// What a person saw of a task when they decided it: the decision is refused if the task
+/// moved meanwhile (escalated to another role, claimed by someone else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskGuard {
+    pub task: String,
+    pub role: String,
+    /// Who may hold it: the decider, or nobody.
+    pub holder: String,
 }
 
 impl Command {
@@ -373,16 +393,21 @@ impl Engine {
     /// waits, starts the workflows with an `event` trigger of that name.
     ///
     /// With `dedup`, the delivery to each case and each start is recorded under the request's
-    /// scope in the transaction that applies it: a redelivery, even after a crash half-way,
-    /// reaches only the cases the first one did not, and starts nothing a first delivery did
-    /// (or a case it reached).
+    /// scope in the transaction that applies it, and the whole request's answer once it is
+    /// done. A repeat of a finished request answers from that record and does nothing; a repeat
+    /// of one cut short (a crash, a database error) reaches only the cases the first one did not
+    /// reach, never a case it started, and starts only what it did not start.
     pub async fn deliver_event(
         &self,
         name: &str,
         payload: Value,
         dedup: Option<Dedup>,
     ) -> Result<Delivery> {
-        let prior = self.prior(dedup.as_ref()).await?;
+        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
+            return Ok(done);
+        }
+        // The waits before the earlier records: a case that a copy of this request running
+        // alongside started (and that waits for this very event) is then known by its record.
         let mut waits = Vec::new();
         if let Some(key_sets) = self.inner.correlations.get(name) {
             for keys in key_sets {
@@ -400,10 +425,11 @@ impl Engine {
             }
         }
         crate::delivery_order(&mut waits);
+        let prior = self.prior(dedup.as_ref()).await?;
         let mut delivery = self
             .deliver_to_waits(name, &payload, waits, &dedup, &prior)
-            .await;
-        if prior.is_empty() && delivery.reached.is_empty() {
+            .await?;
+        if delivery.reached.is_empty() {
             let starts = self
                 .inner
                 .triggers
@@ -411,12 +437,11 @@ impl Engine {
                 .get(name)
                 .cloned()
                 .unwrap_or_default();
-            for s in starts {
-                let applied = self.start_triggered(&s, &payload, &dedup).await?;
-                delivery.fresh |= applied.duplicate.is_none();
-                delivery.started.push(applied.case_id);
-            }
+            self.start_all(&starts, &payload, &dedup, &mut delivery)
+                .await?;
         }
+        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
+            .await?;
         Ok(delivery)
     }
 
@@ -430,10 +455,12 @@ impl Engine {
         payload: Value,
         dedup: Option<Dedup>,
     ) -> Result<Delivery> {
+        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
+            return Ok(done);
+        }
         if self.inner.store.case(case_id).await?.is_none() {
             return Err(RuntimeError::UnknownCase(case_id.to_string()));
         }
-        let prior = self.prior(dedup.as_ref()).await?;
         let mut waits: Vec<(String, String)> = self
             .inner
             .store
@@ -444,20 +471,28 @@ impl Engine {
             .map(|w| (w.id, w.case_id))
             .collect();
         crate::delivery_order(&mut waits);
-        Ok(self
+        let prior = self.prior(dedup.as_ref()).await?;
+        let mut delivery = self
             .deliver_to_waits(name, &payload, waits, &dedup, &prior)
-            .await)
+            .await?;
+        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
+            .await?;
+        Ok(delivery)
     }
 
     /// Starts the workflows a webhook triggers, each at most once per deduplication scope.
-    /// Returns the ids of the started cases (or of those a first delivery started).
+    /// Every trigger's input is computed before any case starts, so a payload one of them
+    /// cannot read refuses the whole request and starts nothing.
     pub async fn start_by_webhook(
         &self,
         hook: &str,
         payload: Value,
         dedup: Option<Dedup>,
     ) -> Result<Delivery> {
-        self.prior(dedup.as_ref()).await?;
+        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
+            return Ok(done);
+        }
+        let prior = self.prior(dedup.as_ref()).await?;
         let mut delivery = Delivery::default();
         let starts = self
             .inner
@@ -466,17 +501,82 @@ impl Engine {
             .get(hook)
             .cloned()
             .unwrap_or_default();
-        for s in starts {
-            let applied = self.start_triggered(&s, &payload, &dedup).await?;
-            delivery.fresh |= applied.duplicate.is_none();
-            delivery.started.push(applied.case_id);
-        }
+        self.start_all(&starts, &payload, &dedup, &mut delivery)
+            .await?;
+        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
+            .await?;
         Ok(delivery)
     }
 
     /// The workflows each webhook name starts.
     pub fn triggers(&self) -> &crate::triggers::Triggers {
         &self.inner.triggers
+    }
+
+    /// The answer of a request already handled to its end, if it was.
+    async fn finished_request(&self, dedup: Option<&Dedup>) -> Result<Option<Delivery>> {
+        let Some(d) = dedup else {
+            return Ok(None);
+        };
+        let Some(rec) = self.inner.store.inbox(&d.scope, DONE_KEY).await? else {
+            return Ok(None);
+        };
+        if rec.request_hash != d.request_hash {
+            return Err(RuntimeError::KeyReused);
+        }
+        let answer: Value = serde_json::from_str(&rec.status)
+            .map_err(|e| RuntimeError::Corrupt(format!("inbox {}: {e}", d.scope)))?;
+        let ids = |k: &str| -> Vec<String> {
+            answer[k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Some(Delivery {
+            reached: ids("reached"),
+            started: ids("started"),
+            fresh: false,
+            replayed: true,
+        }))
+    }
+
+    /// Records the answer of a request handled to its end: a repeat answers from it.
+    async fn finish_request(
+        &self,
+        dedup: Option<&Dedup>,
+        delivery: &mut Delivery,
+        prior: &[InboxRecord],
+    ) -> Result<()> {
+        let Some(d) = dedup else {
+            return Ok(());
+        };
+        delivery.replayed = !prior.is_empty() && !delivery.fresh;
+        // A request that reached nothing leaves no trace: it was refused (one case that does
+        // not wait for the event) or had nothing to do, and may be sent again.
+        if delivery.reached.is_empty() && delivery.started.is_empty() {
+            return Ok(());
+        }
+        let rec = InboxRecord {
+            scope: d.scope.clone(),
+            key: DONE_KEY.into(),
+            request_hash: d.request_hash.clone(),
+            case_id: String::new(),
+            status: json!({"reached": delivery.reached, "started": delivery.started}).to_string(),
+            created_at: self.inner.clock.now().timestamp_millis(),
+        };
+        let write = CaseWrite {
+            inbox: vec![rec],
+            ..CaseWrite::default()
+        };
+        match self.inner.store.commit(&[write]).await {
+            // A copy of the request running alongside finished first: same answer.
+            Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The records of a request's earlier deliveries; refuses a reused key with another body.
@@ -491,34 +591,51 @@ impl Engine {
         Ok(prior)
     }
 
-    async fn start_triggered(
+    /// Starts every triggered workflow, once each per request: all inputs are computed first.
+    async fn start_all(
         &self,
-        s: &crate::triggers::Start,
+        starts: &[crate::triggers::Start],
         payload: &Value,
         dedup: &Option<Dedup>,
-    ) -> Result<Applied> {
-        let input = crate::triggers::trigger_input(
-            self.inner.programs.project(),
-            &s.trigger,
-            payload,
-            self.inner.clock.now(),
-        )?;
-        let inbox = dedup
-            .as_ref()
-            .map(|d| d.key(&format!("start:{}", s.workflow)));
-        let applied = self
-            .start_case_once(&s.workflow, input, None, inbox.clone())
-            .await?;
-        if let (Some(k), Some(dup)) = (&inbox, &applied.duplicate) {
-            if dup.request_hash != k.request_hash {
-                return Err(RuntimeError::KeyReused);
+        delivery: &mut Delivery,
+    ) -> Result<()> {
+        let now = self.inner.clock.now();
+        let mut inputs = Vec::with_capacity(starts.len());
+        for s in starts {
+            // The workflow must be deployed too, before anything starts.
+            self.inner.programs.current(&s.workflow)?;
+            inputs.push(crate::triggers::trigger_input(
+                self.inner.programs.project(),
+                &s.trigger,
+                payload,
+                now,
+            )?);
+        }
+        for (s, input) in starts.iter().zip(inputs) {
+            let inbox = dedup
+                .as_ref()
+                .map(|d| d.key(&format!("start:{}", s.workflow)));
+            let applied = self
+                .start_case_once(&s.workflow, input, None, inbox.clone())
+                .await?;
+            if let (Some(k), Some(dup)) = (&inbox, &applied.duplicate) {
+                if dup.request_hash != k.request_hash {
+                    return Err(RuntimeError::KeyReused);
+                }
+            }
+            delivery.fresh |= applied.duplicate.is_none();
+            if !delivery.started.contains(&applied.case_id) {
+                delivery.started.push(applied.case_id);
             }
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// Delivers to waits given in delivery order. The deduplication key of a delivery is the
-    /// case and the rank of the wait among that case's waits matched by this request.
+    /// case and the rank of the wait among that case's waits matched by this request. A case
+    /// an earlier delivery of the request reached or started is left alone. A case refusing the
+    /// event does not keep it from the others; any other failure stops the delivery (the
+    /// caller answers 5xx and the sender's retry goes on where this one stopped).
     async fn deliver_to_waits(
         &self,
         name: &str,
@@ -526,23 +643,23 @@ impl Engine {
         waits: Vec<(String, String)>,
         dedup: &Option<Dedup>,
         prior: &[InboxRecord],
-    ) -> Delivery {
+    ) -> Result<Delivery> {
         let mut delivery = Delivery::default();
+        let done_before: HashSet<&str> = prior.iter().map(|p| p.case_id.as_str()).collect();
         let mut rank: HashMap<String, usize> = HashMap::new();
         for (wait, case_id) in waits {
+            if done_before.contains(case_id.as_str()) {
+                continue;
+            }
             let n = rank.entry(case_id.clone()).or_insert(0);
             let key = format!("{case_id}#{n}");
             *n += 1;
-            if prior.iter().any(|p| p.key == key) {
-                continue;
-            }
             let event = Event::EventReceived {
                 wait,
                 event: name.to_string(),
                 payload: payload.clone(),
             };
             let inbox = dedup.as_ref().map(|d| d.key(&key));
-            // One case that cannot take the event does not keep it from the others.
             match self.input_once(&case_id, event, inbox).await {
                 Ok(applied) if applied.recorded => {
                     delivery.fresh = true;
@@ -550,21 +667,22 @@ impl Engine {
                 }
                 Ok(applied) if applied.duplicate.is_some() => delivery.reached.push(case_id),
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(case = %case_id, error = %e, "the event could not be delivered")
+                Err(e @ (RuntimeError::Rejected(_) | RuntimeError::UnknownCase(_))) => {
+                    tracing::warn!(case = %case_id, error = %e, "the case refused the event")
                 }
+                Err(e) => return Err(e),
             }
         }
         for p in prior {
             if p.key.contains('#') && !delivery.reached.contains(&p.case_id) {
                 delivery.reached.push(p.case_id.clone());
             }
-            if p.key.starts_with("start:") {
+            if p.key.starts_with("start:") && !delivery.started.contains(&p.case_id) {
                 delivery.started.push(p.case_id.clone());
             }
         }
         delivery.reached.dedup();
-        delivery
+        Ok(delivery)
     }
 
     /// Applies an input to a case and answers once it is committed.
@@ -580,12 +698,23 @@ impl Engine {
         event: Event,
         inbox: Option<InboxKey>,
     ) -> Result<Applied> {
+        self.input_guarded(case_id, event, inbox, None).await
+    }
+
+    async fn input_guarded(
+        &self,
+        case_id: &str,
+        event: Event,
+        inbox: Option<InboxKey>,
+        guard: Option<TaskGuard>,
+    ) -> Result<Applied> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Input {
             case_id: case_id.to_string(),
             event,
             cleanup: Cleanup::default(),
             inbox,
+            guard,
             reply: Some(tx),
         });
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -624,6 +753,32 @@ impl Engine {
             by: by.to_string(),
         };
         self.input(&task.case_id, event).await
+    }
+
+    /// Records a person's decision on a task, provided the task is still where they saw it:
+    /// in `guard.role`'s inbox, held by them or by nobody. Checked when the decision is
+    /// prepared, so a claim or an escalation that came first wins.
+    pub async fn decide_task_guarded(
+        &self,
+        outcome: &str,
+        data: Value,
+        by: &str,
+        guard: TaskGuard,
+    ) -> Result<Applied> {
+        let task = self
+            .inner
+            .store
+            .task(&guard.task)
+            .await?
+            .ok_or_else(|| RuntimeError::UnknownTask(guard.task.clone()))?;
+        let event = Event::TaskDecided {
+            task: guard.task.clone(),
+            outcome: outcome.to_string(),
+            data,
+            by: by.to_string(),
+        };
+        self.input_guarded(&task.case_id, event, None, Some(guard))
+            .await
     }
 
     /// Stops the engine: the batch at hand is committed, then the sequencer and the timer task
@@ -1111,8 +1266,32 @@ async fn prepare(
             event,
             cleanup,
             inbox,
+            guard,
             reply,
         } => {
+            if let Some(g) = &guard {
+                match inner.store.task(&g.task).await {
+                    Ok(Some(t))
+                        if t.role == g.role
+                            && t.assignee.as_deref().is_none_or(|a| a == g.holder) => {}
+                    Ok(t) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(RuntimeError::TaskMoved {
+                                task: g.task.clone(),
+                                role: t.as_ref().map(|t| t.role.clone()).unwrap_or_default(),
+                                assignee: t.and_then(|t| t.assignee),
+                            }));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(e.into()));
+                        }
+                        return;
+                    }
+                }
+            }
             let cached = match load_case(inner, cache, &case_id).await {
                 Ok(Some(c)) => c,
                 Ok(None) => {
@@ -1139,6 +1318,7 @@ async fn prepare(
                 event: event.clone(),
                 cleanup: cleanup.clone(),
                 inbox: inbox.clone(),
+                guard: guard.clone(),
                 reply: None,
             };
             match cached.state.handle(&cached.program, event, now) {
@@ -1515,6 +1695,7 @@ fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
             event,
             cleanup,
             inbox: None,
+            guard: None,
             reply: None,
         },
     );
@@ -1645,6 +1826,7 @@ async fn timer_task(inner: Arc<Inner>) {
                                         timer: Some(t.id.clone()),
                                     },
                                     inbox: None,
+                                    guard: None,
                                     reply: None,
                                 },
                             );

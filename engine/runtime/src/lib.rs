@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod casefile;
+pub mod cron;
 pub mod engine;
 pub mod metrics;
 pub mod programs;
@@ -20,7 +21,7 @@ pub mod triggers;
 
 use chrono::{DateTime, Utc};
 
-pub use engine::{Applied, Dedup, Delivery, Engine, EngineConfig, Finished, InboxKey};
+pub use engine::{Applied, Dedup, Delivery, Engine, EngineConfig, Finished, InboxKey, TaskGuard};
 pub use project::Project;
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -50,6 +51,14 @@ pub enum RuntimeError {
     /// A trigger could not compute the input of the case it starts from what was delivered.
     #[error("the trigger cannot compute the case's input: {0}")]
     Trigger(String),
+    /// A task decision came after the task moved: escalated to another role, or claimed by
+    /// someone else.
+    #[error("the task {task} moved before the decision: it is now in the inbox of `{role}`{}", .assignee.as_ref().map(|a| format!(", held by {a}")).unwrap_or_default())]
+    TaskMoved {
+        task: String,
+        role: String,
+        assignee: Option<String>,
+    },
     /// The deduplication key was used before for another request body.
     #[error("this key was already used for another request")]
     KeyReused,

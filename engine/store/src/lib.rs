@@ -399,13 +399,15 @@ pub trait Store: Send + Sync {
     async fn inbox_scope(&self, scope: &str) -> Result<Vec<InboxRecord>>;
 
     /// Claims or releases a task: sets `status` and `assignee` only if the task's current
-    /// status is one of `from` and, when `holder` is given, its assignee is that one
-    /// (compare-and-set, in one statement). Returns `None` for an unknown task, else the task as
-    /// it is after the call and whether the compare succeeded (and the task was written).
+    /// status is one of `from`, its role is `role` (an escalation moves it elsewhere) and its
+    /// assignee is `holder` (`None`: nobody holds it) — a compare-and-set, in one statement.
+    /// Returns `None` for an unknown task, else the task as it is after the call and whether
+    /// the compare succeeded (and the task was written).
     async fn assign_task(
         &self,
         id: &str,
         from: &[&str],
+        role: &str,
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,

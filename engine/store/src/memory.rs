@@ -399,6 +399,7 @@ impl Store for MemoryStore {
         &self,
         id: &str,
         from: &[&str],
+        role: &str,
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
@@ -408,7 +409,8 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         let matches = from.contains(&task.status.as_str())
-            && holder.is_none_or(|h| task.assignee.as_deref() == Some(h));
+            && task.role == role
+            && task.assignee.as_deref() == holder;
         if matches {
             task.status = status.to_string();
             task.assignee = assignee.map(str::to_string);

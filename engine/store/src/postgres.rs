@@ -371,6 +371,7 @@ impl Store for PgStore {
         &self,
         id: &str,
         from: &[&str],
+        role: &str,
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
@@ -380,7 +381,7 @@ impl Store for PgStore {
         // the same open task cannot both succeed.
         let updated: Option<TaskRow> = sqlx::query_as(concat!(
             "UPDATE tasks SET status = $2, assignee = $3 WHERE id = $1 AND status = ANY($4) \
-             AND ($5::text IS NULL OR assignee = $5) RETURNING ",
+             AND assignee IS NOT DISTINCT FROM $5::text AND role = $6 RETURNING ",
             task_cols!()
         ))
         .bind(id)
@@ -388,6 +389,7 @@ impl Store for PgStore {
         .bind(assignee)
         .bind(from)
         .bind(holder)
+        .bind(role)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = updated {

@@ -406,12 +406,14 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         from: &[&str],
+        role: &str,
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
     ) -> Result<Option<(TaskRecord, bool)>> {
         let id = id.to_string();
         let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+        let role = role.to_string();
         let holder = holder.map(str::to_string);
         let status = status.to_string();
         let assignee = assignee.map(str::to_string);
@@ -422,6 +424,7 @@ impl Store for SqliteStore {
                         conn,
                         &id,
                         &from,
+                        &role,
                         holder.as_deref(),
                         &status,
                         assignee.as_deref(),
@@ -783,24 +786,25 @@ fn assign_task(
     conn: &Connection,
     id: &str,
     from: &[String],
+    role: &str,
     holder: Option<&str>,
     status: &str,
     assignee: Option<&str>,
 ) -> Result<Option<(TaskRecord, bool)>> {
-    // One placeholder per accepted status (?5, ?6...). An empty list is `IN ()`, which SQLite
+    // One placeholder per accepted status (?6, ?7...). An empty list is `IN ()`, which SQLite
     // accepts and which matches nothing. The statement is cached per list length.
     let mut sql = String::from(
         "UPDATE tasks SET status = ?1, assignee = ?2 \
-         WHERE id = ?3 AND (?4 IS NULL OR assignee = ?4) AND status IN (",
+         WHERE id = ?3 AND assignee IS ?4 AND role = ?5 AND status IN (",
     );
     for i in 0..from.len() {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("?{}", i + 5));
+        sql.push_str(&format!("?{}", i + 6));
     }
     sql.push_str(concat!(") RETURNING ", task_cols!()));
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&status, &assignee, &id, &holder];
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&status, &assignee, &id, &holder, &role];
     values.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
     let updated = conn
         .prepare_cached(&sql)?

@@ -1374,7 +1374,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Unknown task.
     assert_eq!(
-        s.assign_task("nope", &["open"], None, "claimed", Some("ann"))
+        s.assign_task("nope", &["open"], "clerk", None, "claimed", Some("ann"))
             .await
             .unwrap(),
         None
@@ -1382,7 +1382,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Ann claims the open task.
     assert_eq!(
-        s.assign_task("t1", &["open"], None, "claimed", Some("ann"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("ann"))
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), true))
@@ -1391,35 +1391,44 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Bob's claim loses: the task is no longer open.
     assert_eq!(
-        s.assign_task("t1", &["open"], None, "claimed", Some("bob"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"))
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), false))
     );
     // Bob cannot release Ann's task (wrong holder).
     assert_eq!(
-        s.assign_task("t1", &["claimed"], Some("bob"), "open", None)
+        s.assign_task("t1", &["claimed"], "clerk", Some("bob"), "open", None)
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), false))
     );
     // Ann cannot "release" from a status the task is not in (wrong status).
     assert_eq!(
-        s.assign_task("t1", &["open", "completed"], Some("ann"), "open", None)
-            .await
-            .unwrap(),
+        s.assign_task(
+            "t1",
+            &["open", "completed"],
+            "clerk",
+            Some("ann"),
+            "open",
+            None
+        )
+        .await
+        .unwrap(),
         Some((claimed_by_ann.clone(), false))
     );
     // An empty list of accepted statuses matches nothing.
     assert_eq!(
-        s.assign_task("t1", &[], None, "open", None).await.unwrap(),
+        s.assign_task("t1", &[], "clerk", None, "open", None)
+            .await
+            .unwrap(),
         Some((claimed_by_ann.clone(), false))
     );
     assert_eq!(s.task("t1").await.unwrap(), Some(claimed_by_ann.clone()));
 
     // Ann releases it: open again, no assignee, everything else untouched.
     assert_eq!(
-        s.assign_task("t1", &["claimed"], Some("ann"), "open", None)
+        s.assign_task("t1", &["claimed"], "clerk", Some("ann"), "open", None)
             .await
             .unwrap(),
         Some((open.clone(), true))
@@ -1428,29 +1437,46 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // A holder never matches a task without assignee.
     assert_eq!(
-        s.assign_task("t1", &["open"], Some("ann"), "claimed", Some("ann"))
-            .await
-            .unwrap(),
+        s.assign_task(
+            "t1",
+            &["open"],
+            "clerk",
+            Some("ann"),
+            "claimed",
+            Some("ann")
+        )
+        .await
+        .unwrap(),
         Some((open.clone(), false))
     );
 
-    // Several accepted statuses: a supervisor reassigns whatever the task's state.
-    let mut claimed_by_bob = open.clone();
-    claimed_by_bob.status = "claimed".to_string();
-    claimed_by_bob.assignee = Some("bob".to_string());
+    // Bob claims it; a claim needs the task unassigned: one claimed by someone else, even in
+    // a status the claim accepts, is not taken over.
     assert_eq!(
-        s.assign_task("t1", &["open", "claimed"], None, "claimed", Some("bob"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"))
             .await
             .unwrap(),
-        Some((claimed_by_bob.clone(), true))
+        Some((claimed_by_bob_of(&open), true))
     );
-    let mut claimed_by_cy = claimed_by_bob.clone();
-    claimed_by_cy.assignee = Some("cy".to_string());
     assert_eq!(
-        s.assign_task("t1", &["open", "claimed"], None, "claimed", Some("cy"))
+        s.assign_task(
+            "t1",
+            &["open", "claimed"],
+            "clerk",
+            None,
+            "claimed",
+            Some("cy")
+        )
+        .await
+        .unwrap(),
+        Some((claimed_by_bob_of(&open), false))
+    );
+    // A task escalated to another role is not claimed for the old one.
+    assert_eq!(
+        s.assign_task("t1", &["claimed"], "direction", Some("bob"), "open", None)
             .await
             .unwrap(),
-        Some((claimed_by_cy.clone(), true))
+        Some((claimed_by_bob_of(&open), false))
     );
 
     // The other task was never touched.
@@ -1458,6 +1484,13 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
         s.task("t2").await.unwrap(),
         Some(task("t2", "a", "clerk", None))
     );
+}
+
+fn claimed_by_bob_of(open: &TaskRecord) -> TaskRecord {
+    let mut t = open.clone();
+    t.status = "claimed".to_string();
+    t.assignee = Some("bob".to_string());
+    t
 }
 
 async fn count_tasks_by_status(s: Arc<dyn Store>) {
@@ -1476,7 +1509,7 @@ async fn count_tasks_by_status(s: Arc<dyn Store>) {
     );
 
     let claimed = s
-        .assign_task("t2", &["open"], None, "claimed", Some("ann"))
+        .assign_task("t2", &["open"], "clerk", None, "claimed", Some("ann"))
         .await
         .unwrap();
     assert_eq!(claimed.map(|(_, changed)| changed), Some(true));
