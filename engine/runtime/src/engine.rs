@@ -482,17 +482,15 @@ impl Engine {
 
     /// Starts the workflows a webhook triggers, each at most once per deduplication scope.
     /// Every trigger's input is computed before any case starts, so a payload one of them
-    /// cannot read refuses the whole request and starts nothing.
+    /// cannot read refuses the whole request and starts nothing. Each start's own record is
+    /// the request's record: a repeat finds them all and starts nothing (no "done" record, so
+    /// a delivery costs one transaction).
     pub async fn start_by_webhook(
         &self,
         hook: &str,
         payload: Value,
         dedup: Option<Dedup>,
     ) -> Result<Delivery> {
-        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
-            return Ok(done);
-        }
-        let prior = self.prior(dedup.as_ref()).await?;
         let mut delivery = Delivery::default();
         let starts = self
             .inner
@@ -503,8 +501,7 @@ impl Engine {
             .unwrap_or_default();
         self.start_all(&starts, &payload, &dedup, &mut delivery)
             .await?;
-        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
-            .await?;
+        delivery.replayed = dedup.is_some() && !delivery.started.is_empty() && !delivery.fresh;
         Ok(delivery)
     }
 
