@@ -363,13 +363,22 @@ async fn start_instance(
         key: k.clone(),
         request_hash: request_hash(&body.value),
     });
+    let entry = audit::entry(
+        &state,
+        &who,
+        &meta,
+        "instances.start",
+        "",
+        json!({"workflow": start.workflow, "business_key": start.business_key, "idempotency_key": key}),
+    );
     let applied = state
         .engine
-        .start_case_once(
+        .start_case_audited(
             &start.workflow,
             input,
             start.business_key.clone(),
             inbox.clone(),
+            Some(entry),
         )
         .await?;
     let answer = json!({
@@ -396,15 +405,6 @@ async fn start_instance(
         )
             .into_response());
     }
-    audit::record(
-        &state,
-        &who,
-        &meta,
-        "instances.start",
-        &applied.case_id,
-        json!({"workflow": start.workflow, "business_key": start.business_key, "idempotency_key": key, "status": applied.status}),
-    )
-    .await;
     Ok((StatusCode::CREATED, [("location", location)], Json(answer)).into_response())
 }
 
@@ -651,16 +651,18 @@ async fn cancel_instance(
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled through the API".into());
-    let applied = state.engine.cancel(&id, &reason, &who.name).await?;
-    audit::record(
+    let entry = audit::entry(
         &state,
         &who,
         &meta,
         "instances.cancel",
         &id,
-        json!({"reason": reason, "status": applied.status}),
-    )
-    .await;
+        json!({"reason": reason}),
+    );
+    let applied = state
+        .engine
+        .cancel_audited(&id, &reason, &who.name, Some(entry))
+        .await?;
     Ok(Json(json!({"id": id, "status": applied.status})))
 }
 
@@ -998,20 +1000,19 @@ async fn complete_task(
         role: t.role.clone(),
         holder: who.name.clone(),
     };
-    let applied = state
-        .engine
-        .decide_task_guarded(&b.outcome, data, &who.name, guard)
-        .await?;
-    let after = task_or_404(&state, &id).await?;
-    audit::record(
+    let entry = audit::entry(
         &state,
         &who,
         &meta,
         "tasks.complete",
         &id,
-        json!({"instance_id": t.case_id, "outcome": b.outcome, "task_status": after.status}),
-    )
-    .await;
+        json!({"instance_id": t.case_id, "outcome": b.outcome, "task_status_before": t.status}),
+    );
+    let applied = state
+        .engine
+        .decide_task_guarded(&b.outcome, data, &who.name, guard, Some(entry))
+        .await?;
+    let after = task_or_404(&state, &id).await?;
     Ok(Json(json!({
         "task": task_json(&after, state.now_ms()),
         "instance": {"id": applied.case_id, "status": applied.status},

@@ -9,7 +9,30 @@ use crate::auth::Principal;
 use crate::body::RequestMeta;
 use crate::AppState;
 
-/// Appends one entry. Called after the change is committed: an entry is never written for a
+/// The entry of a call whose change the engine commits: handed to the engine, which writes it
+/// in the same transaction as the change (`target` empty: the case the call starts).
+pub fn entry(
+    state: &AppState,
+    who: &Principal,
+    meta: &RequestMeta,
+    action: &str,
+    target: &str,
+    details: Value,
+) -> AuditEntry {
+    AuditEntry {
+        at: state.now_ms(),
+        actor: who.id.clone(),
+        role: who.role_text(),
+        action: action.to_string(),
+        target: target.to_string(),
+        origin: meta.origin.clone(),
+        request_id: meta.request_id.clone(),
+        details: details.to_string(),
+    }
+}
+
+/// Appends one entry on its own, for the changes that do not go through the engine (claims,
+/// releases) or reach several cases (events, webhooks). Called after the change is committed: an entry is never written for a
 /// refused request (those write nothing). A failure to write it does not undo the change: it
 /// is logged as an error with the request's correlation id, for the administrator.
 pub async fn record(

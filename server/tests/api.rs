@@ -808,7 +808,7 @@ async fn reminders_and_escalation_run_on_durable_timers(h: Harness) {
     };
     let e = h
         .engine
-        .decide_task_guarded("approuve", json!({}), "operateur_achats", stale)
+        .decide_task_guarded("approuve", json!({}), "operateur_achats", stale, None)
         .await
         .unwrap_err();
     assert!(

@@ -18,7 +18,7 @@ use dossier_connectors::{EffectRequest, Registry};
 use dossier_core::replay::{replay, RecordedEvent};
 use dossier_core::{Action, CaseState, CaseStatus, Event, ParentRef, Program, Transition};
 use dossier_store::{
-    CaseFilter, CaseRecord, CaseWrite, EffectRecord, InboxRecord, Store, StoreError,
+    AuditEntry, CaseFilter, CaseRecord, CaseWrite, EffectRecord, InboxRecord, Store, StoreError,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -135,6 +135,13 @@ pub struct Delivery {
 /// The key of the record that says a deduplicated request was handled to its end.
 const DONE_KEY: &str = "done";
 
+/// What a request adds to the write of the transition it causes.
+#[derive(Default)]
+struct Extras {
+    inbox: Option<InboxKey>,
+    audit: Option<AuditEntry>,
+}
+
 /// Rows to remove once an input is handled, even when the case ignores it.
 #[derive(Debug, Clone, Default)]
 struct Cleanup {
@@ -153,6 +160,8 @@ enum Command {
         input: Value,
         business_key: Option<String>,
         inbox: Option<InboxKey>,
+        /// The audit entry of the API call, written in the same transaction.
+        audit: Option<AuditEntry>,
         reply: Option<oneshot::Sender<Result<Applied>>>,
     },
     Input {
@@ -162,6 +171,8 @@ enum Command {
         inbox: Option<InboxKey>,
         /// What a task decision expects of the task's row (see [`TaskGuard`]).
         guard: Option<TaskGuard>,
+        /// The audit entry of the API call, written in the same transaction.
+        audit: Option<AuditEntry>,
         reply: Option<oneshot::Sender<Result<Applied>>>,
     },
 }
@@ -333,14 +344,15 @@ impl Engine {
             .await
     }
 
-    /// Starts a case at most once per deduplication key: a request already taken answers
-    /// with its record (`Applied::duplicate`) and starts nothing.
-    pub async fn start_case_once(
+    /// Starts a case at most once per deduplication key, its audit entry written in the same
+    /// transaction (nothing is audited for a duplicate or a refusal: nothing happened).
+    pub async fn start_case_audited(
         &self,
         workflow: &str,
         input: Value,
         business_key: Option<String>,
         inbox: Option<InboxKey>,
+        audit: Option<AuditEntry>,
     ) -> Result<Applied> {
         let program = self.inner.programs.current(workflow)?;
         let case_id = uuid::Uuid::now_v7().to_string();
@@ -351,9 +363,23 @@ impl Engine {
             input,
             business_key,
             inbox,
+            audit,
             reply: Some(tx),
         });
         rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Starts a case at most once per deduplication key: a request already taken answers
+    /// with its record (`Applied::duplicate`) and starts nothing.
+    pub async fn start_case_once(
+        &self,
+        workflow: &str,
+        input: Value,
+        business_key: Option<String>,
+        inbox: Option<InboxKey>,
+    ) -> Result<Applied> {
+        self.start_case_audited(workflow, input, business_key, inbox, None)
+            .await
     }
 
     /// Starts a case and waits until it ends (completed, failed or cancelled).
@@ -372,6 +398,7 @@ impl Engine {
             input,
             business_key: None,
             inbox: None,
+            audit: None,
             reply: Some(tx),
         });
         match rx.await.map_err(|_| RuntimeError::Stopped)? {
@@ -695,7 +722,7 @@ impl Engine {
         event: Event,
         inbox: Option<InboxKey>,
     ) -> Result<Applied> {
-        self.input_guarded(case_id, event, inbox, None).await
+        self.input_guarded(case_id, event, inbox, None, None).await
     }
 
     async fn input_guarded(
@@ -704,6 +731,7 @@ impl Engine {
         event: Event,
         inbox: Option<InboxKey>,
         guard: Option<TaskGuard>,
+        audit: Option<AuditEntry>,
     ) -> Result<Applied> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Input {
@@ -712,6 +740,7 @@ impl Engine {
             cleanup: Cleanup::default(),
             inbox,
             guard,
+            audit,
             reply: Some(tx),
         });
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -719,14 +748,22 @@ impl Engine {
 
     /// Cancels a case: its compensations run, then it ends `cancelled`.
     pub async fn cancel(&self, case_id: &str, reason: &str, by: &str) -> Result<Applied> {
-        self.input(
-            case_id,
-            Event::CancelRequested {
-                reason: reason.to_string(),
-                by: by.to_string(),
-            },
-        )
-        .await
+        self.cancel_audited(case_id, reason, by, None).await
+    }
+
+    /// Cancels a case, the audit entry of the call written with the cancellation.
+    pub async fn cancel_audited(
+        &self,
+        case_id: &str,
+        reason: &str,
+        by: &str,
+        audit: Option<AuditEntry>,
+    ) -> Result<Applied> {
+        let event = Event::CancelRequested {
+            reason: reason.to_string(),
+            by: by.to_string(),
+        };
+        self.input_guarded(case_id, event, None, None, audit).await
     }
 
     /// Records a person's decision on a task.
@@ -755,12 +792,14 @@ impl Engine {
     /// Records a person's decision on a task, provided the task is still where they saw it:
     /// in `guard.role`'s inbox, held by them or by nobody. Checked when the decision is
     /// prepared, so a claim or an escalation that came first wins.
+    /// The audit entry of the call, if any, is written with the decision.
     pub async fn decide_task_guarded(
         &self,
         outcome: &str,
         data: Value,
         by: &str,
         guard: TaskGuard,
+        audit: Option<AuditEntry>,
     ) -> Result<Applied> {
         let task = self
             .inner
@@ -774,7 +813,7 @@ impl Engine {
             data,
             by: by.to_string(),
         };
-        self.input_guarded(&task.case_id, event, None, Some(guard))
+        self.input_guarded(&task.case_id, event, None, Some(guard), audit)
             .await
     }
 
@@ -1214,6 +1253,7 @@ async fn prepare(
             input,
             business_key,
             inbox,
+            audit,
             reply,
         } => {
             match CaseState::start(
@@ -1231,6 +1271,7 @@ async fn prepare(
                         input,
                         business_key,
                         inbox: inbox.clone(),
+                        audit: audit.clone(),
                         reply: None,
                     };
                     let head = ChainHead::genesis(now.timestamp_millis());
@@ -1244,7 +1285,7 @@ async fn prepare(
                         },
                         transition,
                         Cleanup::default(),
-                        inbox,
+                        Extras { inbox, audit },
                         reply,
                         Some(retry),
                         now,
@@ -1264,6 +1305,7 @@ async fn prepare(
             cleanup,
             inbox,
             guard,
+            audit,
             reply,
         } => {
             if let Some(g) = &guard {
@@ -1316,6 +1358,7 @@ async fn prepare(
                 cleanup: cleanup.clone(),
                 inbox: inbox.clone(),
                 guard: guard.clone(),
+                audit: audit.clone(),
                 reply: None,
             };
             match cached.state.handle(&cached.program, event, now) {
@@ -1326,7 +1369,7 @@ async fn prepare(
                         cached,
                         transition,
                         cleanup,
-                        inbox,
+                        Extras { inbox, audit },
                         reply,
                         Some(retry),
                         now,
@@ -1368,12 +1411,13 @@ async fn stage(
     cached: Cached,
     transition: Transition,
     cleanup: Cleanup,
-    inbox: Option<InboxKey>,
+    extras: Extras,
     reply: Option<oneshot::Sender<Result<Applied>>>,
     retry: Option<Command>,
     now: DateTime<Utc>,
 ) {
     let case_id = cached.state.case_id.clone();
+    let Extras { inbox, audit } = extras;
     batch.touched.insert(case_id.clone());
     if let Some(k) = &inbox {
         batch.touched.insert(k.token());
@@ -1460,6 +1504,12 @@ async fn stage(
     }
     write.effects_new.extend(internal.iter().cloned());
     let status = cached.state.status_name().to_string();
+    if let (Some(mut entry), true) = (audit, recorded) {
+        if entry.target.is_empty() {
+            entry.target = case_id.clone();
+        }
+        write.audit.push(entry);
+    }
     if let (Some(k), true) = (inbox, recorded) {
         write.inbox.push(InboxRecord {
             scope: k.scope,
@@ -1557,7 +1607,7 @@ async fn start_child(
                 },
                 transition,
                 Cleanup::default(),
-                None,
+                Extras::default(),
                 None,
                 None,
                 now,
@@ -1693,6 +1743,7 @@ fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
             cleanup,
             inbox: None,
             guard: None,
+            audit: None,
             reply: None,
         },
     );
@@ -1824,6 +1875,7 @@ async fn timer_task(inner: Arc<Inner>) {
                                     },
                                     inbox: None,
                                     guard: None,
+                                    audit: None,
                                     reply: None,
                                 },
                             );

@@ -301,6 +301,27 @@ pub(crate) fn next_audit_record(last: Option<(i64, String)>, entry: &AuditEntry)
     }
 }
 
+/// The records that follow `last` for `entries`, in order: each is [`next_audit_record`] of the
+/// one before, exactly as if each entry had been appended on its own.
+pub(crate) fn next_audit_records<'a>(
+    mut last: Option<(i64, String)>,
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+) -> Vec<AuditRecord> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let record = next_audit_record(last.take(), entry);
+            last = Some((record.seq, record.hash.clone()));
+            record
+        })
+        .collect()
+}
+
+/// The audit entries a batch appends: every write's, in batch order.
+pub(crate) fn batch_audit(batch: &[CaseWrite]) -> Vec<&AuditEntry> {
+    batch.iter().flat_map(|w| &w.audit).collect()
+}
+
 /// A read `limit` as SQL sees it: zero or negative means "no limit" (so that `Default` filters
 /// return everything rather than nothing).
 pub(crate) fn sql_limit(limit: i64) -> i64 {
@@ -321,7 +342,8 @@ pub(crate) fn take_limit(limit: i64) -> usize {
 }
 
 /// The case a write is about, for error reports: the case row's id, else the case of its first
-/// side row. A write with nothing at all has no case, hence the empty string.
+/// side row. A write with nothing at all (or only audit entries, which never conflict) has no
+/// case, hence the empty string.
 pub(crate) fn write_case_id(w: &CaseWrite) -> String {
     if let Some(c) = &w.case {
         return c.id.clone();
@@ -355,7 +377,8 @@ pub(crate) fn conflict_of(w: &CaseWrite) -> crate::StoreError {
 /// the sequential result. (The SQLite writer applies writes one by one and needs no rounds.) A
 /// write that touches a key an earlier write of the round touched (the same case twice, an effect
 /// inserted by one write and removed by the next...) starts a new round. In practice a group
-/// commit carries one transition per case and has a single round.
+/// commit carries one transition per case and has a single round. The batch's audit entries
+/// are no part of the rounds: they are numbered and inserted once, after the last round.
 pub(crate) fn rounds(batch: &[CaseWrite]) -> Vec<&[CaseWrite]> {
     let mut out = Vec::new();
     let mut seen: HashSet<WriteKey<'_>> = HashSet::new();
@@ -382,7 +405,9 @@ type WriteKey<'a> = (u8, &'a str, &'a str);
 /// Every key a write touches, tagged by table. Events are not included: they are only ever
 /// inserted, and a duplicate is a conflict whatever the order. Inbox keys are (an inbox row is
 /// only ever inserted too): a second write inserting the same `(scope, key)` then starts a new
-/// round, where its insert fails as a conflict like any other duplicate.
+/// round, where its insert fails as a conflict like any other duplicate. Audit entries have no
+/// key of their own (they are numbered when the batch is committed, after its rounds): a write
+/// with only audit entries touches no key and joins any round.
 fn write_keys(w: &CaseWrite) -> Vec<WriteKey<'_>> {
     let mut keys = Vec::with_capacity(
         1 + w.effects_new.len()

@@ -5,8 +5,8 @@
 //! This crate knows nothing about workflows or the state machine: it stores records whose JSON
 //! payloads it never interprets. The runtime turns state-machine transitions into a [`CaseWrite`]
 //! and hands many of them at once to [`Store::commit`], which applies them in one transaction
-//! (group commit). A commit is all or nothing: either every event, outbox row, timer, wait and task
-//! of the batch is durable, or none is.
+//! (group commit). A commit is all or nothing: either every event, outbox row, timer, wait, task,
+//! inbox record and audit entry of the batch is durable, or none is.
 //!
 //! Three implementations share one contract and one test suite: [`sqlite::SqliteStore`] (the
 //! embedded default: WAL, `synchronous=FULL`), [`postgres::PgStore`] and [`memory::MemoryStore`]
@@ -204,6 +204,12 @@ pub struct CaseWrite {
     /// the record that it happened are durable together. An existing `(scope, key)` fails the
     /// batch with [`StoreError::Conflict`] naming this write's case.
     pub inbox: Vec<InboxRecord>,
+    /// Entries appended to the audit trail in the same transaction as the write, numbered and
+    /// hashed there (as [`Store::append_audit`] does), in batch order: the record of an API call
+    /// is durable together with the change it records, or not at all. They carry no key of
+    /// their own and never conflict; a write may hold nothing else
+    /// (`CaseWrite { audit, ..Default::default() }`).
+    pub audit: Vec<AuditEntry>,
 }
 
 /// A request already taken: the deduplication record of an idempotent API call or a webhook
@@ -235,7 +241,8 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<Millis>,
 }
 
-/// One entry to append to the audit trail.
+/// One entry to append to the audit trail, alone ([`Store::append_audit`]) or with the change it
+/// records ([`CaseWrite::audit`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: Millis,
@@ -359,6 +366,11 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Conflict`], naming the first offending write's case, when a case row check
     /// fails, or an event, effect, timer, wait, task or inbox key already exists (in the
     /// database or earlier in the batch), or a task to update does not exist.
+    ///
+    /// The `audit` entries of every write, in batch order, are appended to the audit trail in
+    /// the same transaction, numbered and hashed exactly as [`Store::append_audit`] does (under
+    /// the same lock on PostgreSQL, taken only by batches with at least one entry): they follow
+    /// the last record committed before them, with no gap. A batch that fails appends none.
     async fn commit(&self, batch: &[CaseWrite]) -> Result<()>;
 
     async fn case(&self, id: &str) -> Result<Option<CaseRecord>>;
@@ -427,7 +439,9 @@ pub trait Store: Send + Sync {
     async fn revoke_api_key(&self, id_or_name: &str, at: Millis) -> Result<Vec<ApiKeyRecord>>;
 
     /// Appends an entry to the audit trail, numbering and hashing it in the same transaction
-    /// so that concurrent writers (other nodes on PostgreSQL) never fork the chain.
+    /// so that concurrent writers (other nodes on PostgreSQL) never fork the chain. An entry
+    /// recording a change to cases belongs in [`CaseWrite::audit`] instead, which commits with
+    /// the change.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord>;
     /// Audit records with `seq > after_seq`, in order; `limit <= 0`: no limit.
     async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;

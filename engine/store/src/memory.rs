@@ -1,6 +1,7 @@
 //! The in-memory store, for unit tests and virtual-time runs. Same contract as the SQL stores,
 //! checked by the same test suite: a batch is applied write by write, and if any write conflicts
-//! every change of the batch is undone before the error is returned.
+//! every change of the batch is undone before the error is returned. Its audit entries are
+//! appended once every write has gone through.
 //!
 //! Strings order by bytes (Rust's `Ord` for `String`), like SQLite's BINARY collation and the
 //! `COLLATE "C"` keys of the PostgreSQL schema.
@@ -10,7 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::common::{api_key_conflict, conflict_of, next_audit_record, sort_api_keys, take_limit};
+use crate::common::{
+    api_key_conflict, batch_audit, conflict_of, next_audit_record, next_audit_records,
+    sort_api_keys, take_limit,
+};
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
     EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, TaskFilter, TaskRecord,
@@ -223,6 +227,12 @@ impl Store for MemoryStore {
                 return Err(conflict_of(w));
             }
         }
+        // Every write went through, and nothing can fail from here on: the audit entries are
+        // appended under the same lock, so a failed batch (undone above) appends none and no
+        // other append can come in between.
+        let last = state.audit.last().map(|l| (l.seq, l.hash.clone()));
+        let records = next_audit_records(last, batch_audit(batch));
+        state.audit.extend(records);
         Ok(())
     }
 

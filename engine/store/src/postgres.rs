@@ -19,9 +19,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Post
 use sqlx::{ConnectOptions, QueryBuilder};
 
 use crate::common::{
-    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, case_cols, case_from,
-    conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
-    event_from, inbox_cols, inbox_from, next_audit_record, rounds, sort_api_keys, sql_limit,
+    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
+    case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
+    event_from, inbox_cols, inbox_from, next_audit_records, rounds, sort_api_keys, sql_limit,
     task_cols, task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow,
     CaseRow, DefinitionRow, EffectRow, EventRow, InboxRow, RoundError, RoundRows, TaskRow,
     TimerRow, WaitRow,
@@ -118,6 +118,14 @@ impl Store for PgStore {
                     return Err(self.find_conflict(batch, round).await);
                 }
             }
+        }
+        // The audit entries go in once, after the rounds: a batch that failed never gets here.
+        // Only a batch with entries takes the audit lock (others are not serialised), and it
+        // takes it last: a holder of the lock then waits for no row lock of another commit, so
+        // commits and appends cannot deadlock on it.
+        let entries = batch_audit(batch);
+        if !entries.is_empty() {
+            append_audit(&mut tx, &entries).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -469,21 +477,10 @@ impl Store for PgStore {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
         let mut tx = self.pool.begin().await?;
-        // Every node appends under the same lock, held until the transaction ends: the read of
-        // the last record below (a fresh snapshot under READ COMMITTED) sees the previous
-        // append, so the chain never forks. Dropping `tx` on an error rolls back and unlocks.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let record = next_audit_record(last, entry);
-        insert_audit(&mut tx, &record).await?;
+        // Dropping `tx` on an error rolls back and unlocks.
+        let mut records = append_audit(&mut tx, &[entry]).await?;
         tx.commit().await?;
-        Ok(record)
+        Ok(records.remove(0))
     }
 
     async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
@@ -533,27 +530,46 @@ impl PgStore {
     }
 }
 
-async fn insert_audit(conn: &mut PgConnection, r: &AuditRecord) -> sqlx::Result<()> {
-    let e = &r.entry;
+/// Numbers, hashes and inserts the next audit records, in order, inside the caller's
+/// transaction (by [`Store::append_audit`] and by a commit whose writes carry audit entries).
+///
+/// Every node appends under the same advisory lock, held until the transaction ends: the read
+/// of the last record (a fresh snapshot under READ COMMITTED, taken once the lock is ours) sees
+/// the previous append, so the chain never forks.
+async fn append_audit(
+    conn: &mut PgConnection,
+    entries: &[&AuditEntry],
+) -> sqlx::Result<Vec<AuditRecord>> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let records = next_audit_records(last, entries.iter().copied());
+    let r = &records;
     sqlx::query(concat!(
         "INSERT INTO audit (",
         audit_cols!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ") SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])"
     ))
-    .bind(r.seq)
-    .bind(e.at)
-    .bind(&e.actor)
-    .bind(&e.role)
-    .bind(&e.action)
-    .bind(&e.target)
-    .bind(&e.origin)
-    .bind(&e.request_id)
-    .bind(&e.details)
-    .bind(&r.prev_hash)
-    .bind(&r.hash)
-    .execute(conn)
+    .bind(col(r, |r: &AuditRecord| r.seq))
+    .bind(col(r, |r: &AuditRecord| r.entry.at))
+    .bind(col(r, |r: &AuditRecord| r.entry.actor.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.role.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.action.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.target.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.origin.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.request_id.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.entry.details.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.prev_hash.as_str()))
+    .bind(col(r, |r: &AuditRecord| r.hash.as_str()))
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(records)
 }
 
 /// One column of a batch, as the array bound to an `UNNEST` argument.

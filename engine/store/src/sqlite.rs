@@ -39,9 +39,9 @@ use sqlx::{ConnectOptions, Connection as _, QueryBuilder};
 use tokio::sync::oneshot;
 
 use crate::common::{
-    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, case_cols, case_from,
-    conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
-    event_from, inbox_cols, inbox_from, next_audit_record, sort_api_keys, sql_limit, task_cols,
+    api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
+    case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
+    event_from, inbox_cols, inbox_from, next_audit_records, sort_api_keys, sql_limit, task_cols,
     task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow, CaseRow,
     DefinitionRow, EffectRow, EventRow, InboxRow, TaskRow, TimerRow, WaitRow,
 };
@@ -528,11 +528,16 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
         let entry = entry.clone();
-        // The writer thread runs one job at a time: the read of the last record and the insert
-        // of the next cannot interleave with another append (and BEGIN IMMEDIATE keeps other
-        // processes out in between).
+        // The writer thread runs one job at a time (commits included): the read of the last
+        // record and the insert of the next cannot interleave with another append (and BEGIN
+        // IMMEDIATE keeps other processes out in between).
         self.writer
-            .run(move |conn| in_transaction(conn, |conn| append_audit(conn, &entry)))
+            .run(move |conn| {
+                in_transaction(conn, |conn| {
+                    let mut records = append_audit(conn, [&entry])?;
+                    Ok(records.remove(0))
+                })
+            })
             .await
     }
 
@@ -845,33 +850,41 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     ))
 }
 
-/// Numbers, hashes and inserts the next audit record, inside the caller's transaction.
-fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<AuditRecord> {
+/// Numbers, hashes and inserts the next audit records, in order, inside the caller's
+/// transaction (by [`Store::append_audit`] and by a commit whose writes carry audit entries).
+/// The writer thread runs one job at a time and `BEGIN IMMEDIATE` keeps other processes out, so
+/// nothing can append between the read of the last record and the inserts.
+fn append_audit<'a>(
+    conn: &Connection,
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+) -> rusqlite::Result<Vec<AuditRecord>> {
     let last: Option<(i64, String)> = conn
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let record = next_audit_record(last, entry);
-    let e = &record.entry;
-    conn.prepare_cached(concat!(
+    let records = next_audit_records(last, entries);
+    let mut insert = conn.prepare_cached(concat!(
         "INSERT INTO audit (",
         audit_cols!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-    ))?
-    .execute(params![
-        record.seq,
-        e.at,
-        e.actor,
-        e.role,
-        e.action,
-        e.target,
-        e.origin,
-        e.request_id,
-        e.details,
-        record.prev_hash,
-        record.hash
-    ])?;
-    Ok(record)
+    ))?;
+    for record in &records {
+        let e = &record.entry;
+        insert.execute(params![
+            record.seq,
+            e.at,
+            e.actor,
+            e.role,
+            e.action,
+            e.target,
+            e.origin,
+            e.request_id,
+            e.details,
+            record.prev_hash,
+            record.hash
+        ])?;
+    }
+    Ok(records)
 }
 
 /// A primary-key or unique constraint refused the row.
@@ -1010,8 +1023,9 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-/// Applies the writes one after the other (inside the caller's transaction). The first write
-/// that fails a check is the one the conflict names; the caller rolls everything back.
+/// Applies the writes one after the other (inside the caller's transaction), then appends the
+/// batch's audit entries. The first write that fails a check is the one the conflict names;
+/// the caller rolls everything back, audit records included.
 fn apply_batch(conn: &Connection, batch: &[CaseWrite]) -> Result<()> {
     let mut statements = Statements::new(conn);
     for w in batch {
@@ -1020,6 +1034,10 @@ fn apply_batch(conn: &Connection, batch: &[CaseWrite]) -> Result<()> {
             Err(Failure::Conflict) => return Err(conflict_of(w)),
             Err(Failure::Db(e)) => return Err(e.into()),
         }
+    }
+    let entries = batch_audit(batch);
+    if !entries.is_empty() {
+        append_audit(conn, entries)?;
     }
     Ok(())
 }

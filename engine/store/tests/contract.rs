@@ -75,6 +75,15 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    with_postgres_url(|store, _url| test(store)).await
+}
+
+/// [`with_postgres`], also handing the test its database's URL (for a connection of its own).
+async fn with_postgres_url<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let admin_url = pg_admin_url();
     let nanos = std::time::SystemTime::now()
@@ -97,12 +106,13 @@ where
         .await
         .expect("create test database");
 
-    let store = PgStore::connect(&with_database(&admin_url, &name))
+    let url = with_database(&admin_url, &name);
+    let store = PgStore::connect(&url)
         .await
         .expect("connect to the test database");
     let store = Arc::new(store);
     // Run the test in its own task so that a failing assertion still lets us drop the database.
-    let outcome = tokio::spawn(BACKEND.scope("postgres", test(store.clone()))).await;
+    let outcome = tokio::spawn(BACKEND.scope("postgres", test(store.clone(), url))).await;
     store.close().await;
     drop(store);
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -172,6 +182,10 @@ contract_tests!(
     audit_chain_appends_and_verifies,
     concurrent_audit_appends_form_one_chain,
     audit_paging,
+    commit_appends_audit_entries,
+    failed_batch_appends_no_audit,
+    audit_only_writes,
+    concurrent_audited_commits_and_appends_form_one_chain,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1733,4 +1747,248 @@ async fn audit_paging(s: Arc<dyn Store>) {
         pages.push(page.len());
     }
     assert_eq!(pages, vec![2, 2, 2, 1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit entries committed with the writes they record
+
+/// `w` carrying the audit entries numbered `ns`.
+fn audited(mut w: CaseWrite, ns: impl IntoIterator<Item = i64>) -> CaseWrite {
+    w.audit = ns.into_iter().map(audit_entry).collect();
+    w
+}
+
+/// A write with nothing but audit entry `n` (as the engine sends for a call that changed no case).
+fn audit_only(n: i64) -> CaseWrite {
+    CaseWrite {
+        audit: vec![audit_entry(n)],
+        ..Default::default()
+    }
+}
+
+/// The whole trail expected when entries `ns` were appended in this order, from the genesis.
+fn expected_chain(ns: impl IntoIterator<Item = i64>) -> Vec<AuditRecord> {
+    let mut prev = AUDIT_GENESIS.to_string();
+    ns.into_iter()
+        .zip(1..)
+        .map(|(n, seq)| {
+            let record = expected_audit(seq, &prev, audit_entry(n));
+            prev = record.hash.clone();
+            record
+        })
+        .collect()
+}
+
+async fn commit_appends_audit_entries(s: Arc<dyn Store>) {
+    s.append_audit(&audit_entry(1)).await.unwrap();
+    s.append_audit(&audit_entry(2)).await.unwrap();
+    // Entries of several writes, one write without any in between: batch order.
+    s.commit(&[
+        audited(create("a", 1), [3, 4]),
+        create("b", 1),
+        audited(create("c", 1), [5]),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.audit(0, 0).await.unwrap(), expected_chain(1..=5));
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 1)));
+    assert_eq!(s.history("c").await.unwrap(), vec![event("c", 1)]);
+
+    // A batch of several rounds (the same case twice): numbered once, still in batch order.
+    s.commit(&[
+        audited(advance("a", 1, 2), [6]),
+        audited(advance("a", 2, 3), [7, 8]),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 3)));
+
+    // `append_audit` continues the chain the commits extended.
+    let ninth = s.append_audit(&audit_entry(9)).await.unwrap();
+    let all = s.audit(0, 0).await.unwrap();
+    assert_eq!(all, expected_chain(1..=9));
+    assert_eq!(ninth, all[8]);
+    assert_eq!(verify_audit(&all, AUDIT_GENESIS.into()), Ok(()));
+
+    // A batch without entries leaves the trail alone.
+    s.commit(&[advance("b", 1, 2)]).await.unwrap();
+    assert_eq!(s.audit(0, 0).await.unwrap(), all);
+}
+
+async fn failed_batch_appends_no_audit(s: Arc<dyn Store>) {
+    let mut first = audited(create("a", 1), [1]);
+    first.inbox.push(inbox("api", "k1", "a"));
+    s.commit(&[first]).await.unwrap();
+    let before = s.audit(0, 0).await.unwrap();
+    assert_eq!(before, expected_chain([1]));
+
+    // Audited writes (one with nothing else) before a stale update that carries one too.
+    let result = s
+        .commit(&[
+            audited(create("b", 2), [2]),
+            audit_only(3),
+            audited(advance("a", 0, 1), [4]),
+        ])
+        .await;
+    assert_conflict(result, "a", Some(0));
+    // The conflict in a later round (the same case twice before it).
+    let result = s
+        .commit(&[
+            audited(create("c", 1), [5]),
+            audited(advance("c", 1, 2), [6]),
+            audited(create("a", 1), [7]),
+        ])
+        .await;
+    assert_conflict(result, "a", None);
+    // A request taken twice (a duplicate inbox key).
+    let mut again = audited(advance("a", 1, 2), [9]);
+    again.inbox.push(inbox("api", "k1", "a"));
+    let result = s.commit(&[audited(create("d", 1), [8]), again]).await;
+    assert_conflict(result, "a", Some(1));
+
+    assert_eq!(s.audit(0, 0).await.unwrap(), before);
+    for id in ["b", "c", "d"] {
+        assert_eq!(s.case(id).await.unwrap(), None);
+        assert!(s.history(id).await.unwrap().is_empty());
+    }
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 1)));
+    assert_eq!(s.history("a").await.unwrap(), vec![event("a", 1)]);
+
+    // The failed attempts took no number: the chain goes on from the last committed record.
+    s.commit(&[audited(create("b", 2), [2])]).await.unwrap();
+    let all = s.audit(0, 0).await.unwrap();
+    assert_eq!(all, expected_chain([1, 2]));
+    assert_eq!(verify_audit(&all, AUDIT_GENESIS.into()), Ok(()));
+}
+
+async fn audit_only_writes(s: Arc<dyn Store>) {
+    s.commit(&[audit_only(1)]).await.unwrap();
+    assert_eq!(s.audit(0, 0).await.unwrap(), expected_chain([1]));
+    assert!(s.list_cases(&all_cases()).await.unwrap().is_empty());
+
+    // Around a case write, in one batch.
+    s.commit(&[
+        audit_only(2),
+        audited(create("a", 1), [3]),
+        audit_only(4),
+        audit_only(5),
+    ])
+    .await
+    .unwrap();
+    // Between two rounds' writes (it touches no key, so it joins the first round).
+    s.commit(&[
+        audited(advance("a", 1, 2), [6]),
+        audit_only(7),
+        audited(advance("a", 2, 3), [8]),
+    ])
+    .await
+    .unwrap();
+    let all = s.audit(0, 0).await.unwrap();
+    assert_eq!(all, expected_chain(1..=8));
+    assert_eq!(verify_audit(&all, AUDIT_GENESIS.into()), Ok(()));
+    assert_eq!(s.case("a").await.unwrap(), Some(case("a", 3)));
+    assert_eq!(s.list_cases(&all_cases()).await.unwrap().len(), 1);
+
+    // A write with nothing at all is still a no-op.
+    s.commit(&[CaseWrite::default()]).await.unwrap();
+    assert_eq!(s.audit(0, 0).await.unwrap(), all);
+}
+
+async fn concurrent_audited_commits_and_appends_form_one_chain(s: Arc<dyn Store>) {
+    const COMMITS: i64 = 20;
+    const APPENDS: i64 = 10;
+    let mut commits = Vec::new();
+    let mut appends = Vec::new();
+    // Spawned interleaved: an append after every other commit.
+    for n in 1..=COMMITS {
+        let sc = s.clone();
+        commits.push(tokio::spawn(async move {
+            sc.commit(&[audited(create(&format!("cc{n}"), 1), [n])])
+                .await
+        }));
+        if n % 2 == 0 {
+            let sa = s.clone();
+            let m = COMMITS + n / 2;
+            appends.push(tokio::spawn(async move {
+                sa.append_audit(&audit_entry(m)).await
+            }));
+        }
+    }
+    for h in commits {
+        h.await.expect("commit task").expect("commit");
+    }
+    let mut returned = Vec::new();
+    for h in appends {
+        returned.push(h.await.expect("append task").expect("append"));
+    }
+
+    let stored = s.audit(0, 0).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=COMMITS + APPENDS).collect::<Vec<_>>()
+    );
+    assert_eq!(verify_audit(&stored, AUDIT_GENESIS.into()), Ok(()));
+    // Every entry is there once, and each append got its record as stored.
+    let mut entries: Vec<AuditEntry> = stored.iter().map(|r| r.entry.clone()).collect();
+    entries.sort_by_key(|e| e.at);
+    assert_eq!(
+        entries,
+        (1..=COMMITS + APPENDS).map(audit_entry).collect::<Vec<_>>()
+    );
+    for r in &returned {
+        assert_eq!(Some(r), stored.get((r.seq - 1) as usize));
+    }
+    assert_eq!(
+        s.list_cases(&all_cases()).await.unwrap().len(),
+        COMMITS as usize
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only
+
+/// The key of the audit trail's advisory lock (`AUDIT_LOCK` in `postgres.rs`).
+const PG_AUDIT_LOCK: i64 = 0x646f_7373_6175_6469;
+
+/// A batch with audit entries waits for the audit lock; a batch without any does not take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_lock_only_for_batches_with_entries() {
+    with_postgres_url(|s, url| async move {
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PG_AUDIT_LOCK)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        // Not serialised behind the lock.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.commit(&[create("free", 1)]),
+        )
+        .await
+        .expect("a batch without audit entries does not wait for the audit lock")
+        .unwrap();
+
+        // Waits for it.
+        let sc = s.clone();
+        let audited_commit =
+            tokio::spawn(async move { sc.commit(&[audited(create("held", 1), [1])]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            !audited_commit.is_finished(),
+            "a batch with audit entries committed while another held the audit lock"
+        );
+        assert_eq!(s.case("held").await.unwrap(), None);
+
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_AUDIT_LOCK)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        audited_commit.await.expect("commit task").unwrap();
+        assert_eq!(s.audit(0, 0).await.unwrap(), expected_chain([1]));
+        assert_eq!(s.case("held").await.unwrap(), Some(case("held", 1)));
+    })
+    .await
 }
