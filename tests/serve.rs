@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 const SECRET: &str = "whsec_c29ja2V0IHRlc3Qgc2VjcmV0";
 
@@ -217,40 +216,7 @@ fn serve_over_a_socket_on_sqlite() {
 
 #[test]
 fn serve_over_a_socket_on_postgres() {
-    let admin = std::env::var("DOSSIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    let name = format!("dossier_serve_{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL is required");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
-    let url = match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("bad url {admin}"),
-    };
-    let outcome = std::panic::catch_unwind(|| over_a_socket(&url));
-    rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    });
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e);
-    }
+    dossier_testkit::with_temp_pg("dossier_serve", over_a_socket);
 }
 
 #[test]

@@ -874,31 +874,7 @@ async fn claim_task(
             ),
         ));
     }
-    let to = if t.status == "awaiting_second" {
-        "awaiting_second"
-    } else {
-        "claimed"
-    };
-    let (after, changed) = state
-        .store()
-        .assign_task(
-            &id,
-            &[t.status.as_str()],
-            &t.role,
-            None,
-            to,
-            Some(&who.name),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task has the id {id}")))?;
-    if !changed {
-        // Someone else was quicker, or the case moved on.
-        return Err(if OPEN_STATUSES.contains(&after.status.as_str()) {
-            claimed_by_other(&after)
-        } else {
-            not_open(&after)
-        });
-    }
+    let after = reassign(&state, &t, None, "claimed", Some(&who.name)).await?;
     audit::record(
         &state,
         &who,
@@ -909,6 +885,46 @@ async fn claim_task(
     )
     .await;
     Ok(Json(task_json(&after, state.now_ms())))
+}
+
+/// Claims or releases `t` as it was read: same status, role and holder, or nothing changes
+/// (someone else was quicker, or the case moved on). A task awaiting its second decision keeps
+/// that status; otherwise it becomes `status`.
+async fn reassign(
+    state: &AppState,
+    t: &TaskRecord,
+    holder: Option<&str>,
+    status: &str,
+    assignee: Option<&str>,
+) -> Result<TaskRecord, ApiError> {
+    let to = if t.status == "awaiting_second" {
+        "awaiting_second"
+    } else {
+        status
+    };
+    let (after, changed) = state
+        .store()
+        .assign_task(&t.id, &[t.status.as_str()], &t.role, holder, to, assignee)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_task", format!("no task has the id {}", t.id))
+        })?;
+    if changed {
+        Ok(after)
+    } else if after.role != t.role {
+        Err(ApiError::conflict(
+            "task_moved",
+            format!(
+                "the task moved to the inbox of `{}` meanwhile; reload it",
+                after.role
+            ),
+        )
+        .with_details(json!({"role": after.role, "assignee": after.assignee})))
+    } else if OPEN_STATUSES.contains(&after.status.as_str()) {
+        Err(claimed_by_other(&after))
+    } else {
+        Err(not_open(&after))
+    }
 }
 
 async fn release_task(
@@ -930,23 +946,7 @@ async fn release_task(
     if holder != who.name && !who.has(ADMIN) {
         return Err(claimed_by_other(&t));
     }
-    let to = if t.status == "awaiting_second" {
-        "awaiting_second"
-    } else {
-        "open"
-    };
-    let (after, changed) = state
-        .store()
-        .assign_task(&id, &[t.status.as_str()], &t.role, Some(&holder), to, None)
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task has the id {id}")))?;
-    if !changed {
-        return Err(if OPEN_STATUSES.contains(&after.status.as_str()) {
-            claimed_by_other(&after)
-        } else {
-            not_open(&after)
-        });
-    }
+    let after = reassign(&state, &t, Some(&holder), "open", None).await?;
     audit::record(
         &state,
         &who,

@@ -35,6 +35,8 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Oidc>>,
     /// The hooks' decoded secrets, by hook name.
     pub hook_keys: Arc<std::collections::BTreeMap<String, Vec<Vec<u8>>>>,
+    /// Requests served, for `/metrics`.
+    pub http: Arc<metrics::HttpMetrics>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             config: Arc::new(config),
             oidc,
             hook_keys: Arc::new(hook_keys),
+            http: Arc::new(metrics::HttpMetrics::default()),
         })
     }
 
@@ -83,6 +86,10 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn(body::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .layer(axum::middleware::from_fn(body::request_meta))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

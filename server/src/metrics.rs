@@ -1,6 +1,12 @@
 //! `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -12,6 +18,84 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::AppState;
+
+/// Upper bounds, in seconds, of the request latency histogram's buckets.
+const HTTP_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Requests by route template (`/api/v1/tasks/{id}/claim`, never the ids), method and status,
+/// and the latency of all of them.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    counts: Mutex<BTreeMap<(String, String, u16), u64>>,
+    buckets: [AtomicU64; HTTP_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl HttpMetrics {
+    fn observe(&self, route: String, method: String, status: u16, elapsed: std::time::Duration) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((route, method, status)).or_default() += 1;
+        drop(counts);
+        let secs = elapsed.as_secs_f64();
+        let i = HTTP_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(HTTP_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP dossier_http_requests_total Requests served, by route template, method and status.\n# TYPE dossier_http_requests_total counter");
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((route, method, status), n) in counts {
+            let _ = writeln!(
+                out,
+                "dossier_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                escape(&route)
+            );
+        }
+        let _ = writeln!(out, "# HELP dossier_http_request_duration_seconds Time to answer a request.\n# TYPE dossier_http_request_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = HTTP_BUCKETS
+                .get(i)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "dossier_http_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "dossier_http_request_duration_seconds_sum {}\ndossier_http_request_duration_seconds_count {cumulative}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+/// Counts every request under its route template (unknown paths count as `unmatched`).
+pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    state
+        .http
+        .observe(route, method, res.status().as_u16(), started.elapsed());
+    res
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -172,6 +256,7 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
         "# HELP dossier_timer_fire_lag_seconds How late the timers last handed over were.\n# TYPE dossier_timer_fire_lag_seconds gauge\ndossier_timer_fire_lag_seconds {}",
         m.timer_lag_ms.max(0) as f64 / 1000.0
     );
+    state.http.render(&mut out);
     Ok(out)
 }
 

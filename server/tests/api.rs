@@ -1379,6 +1379,9 @@ async fn workflows_validation_health_and_metrics(h: Harness) {
         "dossier_tasks_overdue 0",
         "dossier_timer_lag_seconds 0",
         "# TYPE dossier_effect_latency_seconds histogram",
+        // Counted under the route template, never the ids.
+        "dossier_http_requests_total{route=\"/api/v1/instances\",method=\"POST\",status=\"201\"} 1",
+        "dossier_http_requests_total{route=\"/api/v1/workflows/validate\",method=\"POST\",status=\"422\"} 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -430,33 +430,46 @@ impl Engine {
         payload: Value,
         dedup: Option<Dedup>,
     ) -> Result<Delivery> {
+        self.deliver(name, payload, dedup, None).await
+    }
+
+    /// Delivers an event to one case: to each of its waits for that name, whatever their
+    /// correlation keys (the caller chose the case). Deduplicated like
+    /// [`Engine::deliver_event`]; starts nothing.
+    pub async fn deliver_to_case(
+        &self,
+        case_id: &str,
+        name: &str,
+        payload: Value,
+        dedup: Option<Dedup>,
+    ) -> Result<Delivery> {
+        self.deliver(name, payload, dedup, Some(case_id)).await
+    }
+
+    /// Delivers to the waits matching the payload's correlation keys (`case: None`, and then
+    /// the `event` triggers when none waits), or to one case's waits for the event.
+    async fn deliver(
+        &self,
+        name: &str,
+        payload: Value,
+        dedup: Option<Dedup>,
+        case: Option<&str>,
+    ) -> Result<Delivery> {
         if let Some(done) = self.finished_request(dedup.as_ref()).await? {
             return Ok(done);
         }
         // The waits before the earlier records: a case that a copy of this request running
         // alongside started (and that waits for this very event) is then known by its record.
-        let mut waits = Vec::new();
-        if let Some(key_sets) = self.inner.correlations.get(name) {
-            for keys in key_sets {
-                let values: BTreeMap<String, Value> = keys
-                    .iter()
-                    .filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone())))
-                    .collect();
-                if values.len() != keys.len() {
-                    continue;
-                }
-                let text = dossier_core::correlation_text(&values);
-                for w in self.inner.store.waits_for(name, &text).await? {
-                    waits.push((w.id, w.case_id));
-                }
-            }
-        }
+        let mut waits = match case {
+            Some(id) => self.waits_of_case_for(id, name).await?,
+            None => self.matching_waits(name, &payload).await?,
+        };
         crate::delivery_order(&mut waits);
         let prior = self.prior(dedup.as_ref()).await?;
         let mut delivery = self
             .deliver_to_waits(name, &payload, waits, &dedup, &prior)
             .await?;
-        if delivery.reached.is_empty() {
+        if case.is_none() && delivery.reached.is_empty() {
             let starts = self
                 .inner
                 .triggers
@@ -472,23 +485,34 @@ impl Engine {
         Ok(delivery)
     }
 
-    /// Delivers an event to one case: to each of its waits for that name, whatever their
-    /// correlation keys (the caller chose the case). Deduplicated like
-    /// [`Engine::deliver_event`].
-    pub async fn deliver_to_case(
-        &self,
-        case_id: &str,
-        name: &str,
-        payload: Value,
-        dedup: Option<Dedup>,
-    ) -> Result<Delivery> {
-        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
-            return Ok(done);
+    /// `(wait, case)` of every wait for `name` whose correlation keys the payload matches.
+    async fn matching_waits(&self, name: &str, payload: &Value) -> Result<Vec<(String, String)>> {
+        let mut waits = Vec::new();
+        let Some(key_sets) = self.inner.correlations.get(name) else {
+            return Ok(waits);
+        };
+        for keys in key_sets {
+            let values: BTreeMap<String, Value> = keys
+                .iter()
+                .filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
+            if values.len() != keys.len() {
+                continue;
+            }
+            let text = dossier_core::correlation_text(&values);
+            for w in self.inner.store.waits_for(name, &text).await? {
+                waits.push((w.id, w.case_id));
+            }
         }
+        Ok(waits)
+    }
+
+    /// `(wait, case)` of one case's waits for `name`.
+    async fn waits_of_case_for(&self, case_id: &str, name: &str) -> Result<Vec<(String, String)>> {
         if self.inner.store.case(case_id).await?.is_none() {
             return Err(RuntimeError::UnknownCase(case_id.to_string()));
         }
-        let mut waits: Vec<(String, String)> = self
+        Ok(self
             .inner
             .store
             .waits_of_case(case_id)
@@ -496,15 +520,7 @@ impl Engine {
             .into_iter()
             .filter(|w| w.event_name == name)
             .map(|w| (w.id, w.case_id))
-            .collect();
-        crate::delivery_order(&mut waits);
-        let prior = self.prior(dedup.as_ref()).await?;
-        let mut delivery = self
-            .deliver_to_waits(name, &payload, waits, &dedup, &prior)
-            .await?;
-        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
-            .await?;
-        Ok(delivery)
+            .collect())
     }
 
     /// Starts the workflows a webhook triggers, each at most once per deduplication scope.

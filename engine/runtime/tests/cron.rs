@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,6 @@ use dossier_store::postgres::PgStore;
 use dossier_store::sqlite::SqliteStore;
 use dossier_store::{CaseFilter, Store};
 use serde_json::Value;
-use sqlx::Connection;
 
 // =============================================================================================
 // Backends (as in tests/engine.rs)
@@ -58,25 +56,6 @@ impl Db {
     }
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("DOSSIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// `url` with its database name replaced (the query string, if any, kept).
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{host}/{db}{query}")
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -87,61 +66,21 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs `test` against a fresh database of `backend`, then drops the database.
 fn with_backend(backend: Backend, test: fn(&Db)) {
-    let admin = runtime();
     let mut db = Db {
         backend,
         sqlite_dir: None,
         pg_url: None,
     };
-    let mut pg_name = None;
     match backend {
         Backend::Sqlite => db.sqlite_dir = Some(tempfile::tempdir().expect("temp dir")),
         Backend::Postgres => {
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let name = format!(
-                "dossier_cron_{}_{}_{}",
-                std::process::id(),
-                nanos,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let url = pg_admin_url();
-            admin.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-                    panic!(
-                        "PostgreSQL is required for these tests ({url}, set DOSSIER_TEST_PG_URL): {e}"
-                    )
-                });
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create the test database");
-                conn.close().await.ok();
-            });
-            db.pg_url = Some(with_database(&url, &name));
-            pg_name = Some(name);
+            return dossier_testkit::with_temp_pg("dossier_cron", |url| {
+                db.pg_url = Some(url.to_string());
+                test(&db)
+            })
         }
     }
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&db)));
-    if let Some(name) = pg_name {
-        let url = pg_admin_url();
-        admin.block_on(async {
-            let mut conn = sqlx::PgConnection::connect(&url)
-                .await
-                .expect("reconnect to drop the test database");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .expect("drop the test database");
-            conn.close().await.ok();
-        });
-    }
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e);
-    }
+    test(&db)
 }
 
 /// Generates one `#[test]` per backend for each test.

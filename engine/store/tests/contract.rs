@@ -7,7 +7,6 @@
 //! hide a broken backend.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use dossier_store::{
     CaseWrite, DefinitionRecord, EffectRecord, EventRecord, InboxRecord, Store, StoreError,
     TaskFilter, TaskRecord, TaskUpdate, TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
+use dossier_testkit::TempPg;
 use sqlx::Connection;
 
 // ---------------------------------------------------------------------------------------------
@@ -51,25 +51,6 @@ where
         .await;
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("DOSSIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// `url` with its database name replaced (the query string, if any, kept).
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{host}/{db}{query}")
-}
-
 async fn with_postgres<F, Fut>(test: F)
 where
     F: FnOnce(Arc<dyn Store>) -> Fut,
@@ -84,29 +65,8 @@ where
     F: FnOnce(Arc<dyn Store>, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let admin_url = pg_admin_url();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "dossier_test_{}_{}_{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for these tests ({admin_url}, set DOSSIER_TEST_PG_URL): {e}")
-        });
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-
-    let url = with_database(&admin_url, &name);
+    let pg = TempPg::create("dossier_test").await;
+    let url = pg.url().to_string();
     let store = PgStore::connect(&url)
         .await
         .expect("connect to the test database");
@@ -115,10 +75,7 @@ where
     let outcome = tokio::spawn(BACKEND.scope("postgres", test(store.clone(), url))).await;
     store.close().await;
     drop(store);
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
+    pg.drop_db().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }

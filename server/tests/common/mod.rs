@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -19,9 +18,9 @@ use dossier_server::{AppState, Config};
 use dossier_store::postgres::PgStore;
 use dossier_store::sqlite::SqliteStore;
 use dossier_store::{ApiKeyRecord, Store};
+use dossier_testkit::TempPg;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sqlx::Connection;
 use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +248,7 @@ pub struct TestDb {
     backend: Backend,
     dir: Option<tempfile::TempDir>,
     pub pg_url: Option<String>,
-    pg_name: Option<String>,
+    pg: Option<TempPg>,
 }
 
 impl TestDb {
@@ -273,74 +272,29 @@ impl TestDb {
     }
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("DOSSIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{host}/{db}{query}")
-}
-
 async fn create_db(backend: Backend) -> TestDb {
     match backend {
         Backend::Sqlite => TestDb {
             backend,
             dir: Some(tempfile::tempdir().unwrap()),
             pg_url: None,
-            pg_name: None,
+            pg: None,
         },
         Backend::Postgres => {
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let name = format!(
-                "dossier_srv_{}_{}_{}",
-                std::process::id(),
-                nanos,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let url = pg_admin_url();
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is required for these tests ({url}, set DOSSIER_TEST_PG_URL): {e}"
-                )
-            });
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .expect("create the test database");
-            conn.close().await.ok();
+            let pg = TempPg::create("dossier_srv").await;
             TestDb {
                 backend,
                 dir: None,
-                pg_url: Some(with_database(&url, &name)),
-                pg_name: Some(name),
+                pg_url: Some(pg.url().to_string()),
+                pg: Some(pg),
             }
         }
     }
 }
 
 async fn drop_db(db: TestDb) {
-    if let Some(name) = db.pg_name {
-        let url = pg_admin_url();
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
-            conn.close().await.ok();
-        }
+    if let Some(pg) = db.pg {
+        pg.drop_db().await;
     }
 }
 
