@@ -1125,6 +1125,22 @@ fn settle(
             inner
                 .queued
                 .fetch_sub(processed.saturating_sub(retries.len()), Ordering::SeqCst);
+            // Effect results that will not be tried again are left to a recovery pass.
+            let retried: HashSet<&String> = retries
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Input { cleanup, .. } => cleanup.effect.as_ref(),
+                    _ => None,
+                })
+                .collect();
+            release_effects(
+                inner,
+                batch
+                    .writes
+                    .iter()
+                    .flat_map(|w| w.effects_done.iter())
+                    .filter(|k| !retried.contains(k)),
+            );
             for cmd in retries.into_iter().rev() {
                 deferred.push_front(cmd);
             }
@@ -1361,6 +1377,8 @@ async fn prepare(
                 }
                 Err(e) => {
                     tracing::error!(case = %case_id, error = %e, "cannot load the case");
+                    // Its result is not recorded: a recovery pass hands the effect out again.
+                    release_effects(inner, cleanup.effect.iter());
                     if let Some(r) = reply {
                         let _ = r.send(Err(e));
                     }
@@ -1638,6 +1656,10 @@ async fn start_child(
 /// After a commit (or for a batch with nothing to write): hand out effects, wake the timer
 /// task, answer callers, keep running cases in the cache.
 fn finish_batch(inner: &Arc<Inner>, cache: &mut Lru, batch: Batch, processed: usize) {
+    release_effects(
+        inner,
+        batch.writes.iter().flat_map(|w| w.effects_done.iter()),
+    );
     if !batch.writes.is_empty() {
         let m = &inner.metrics;
         m.commits.fetch_add(1, Ordering::Relaxed);
@@ -1763,8 +1785,18 @@ fn hand_back(inner: &Inner, key: String, case_id: String, event: Event) {
             reply: None,
         },
     );
-    lock(&inner.effects_in_flight).remove(&key);
+    // The key stays in flight until its result is committed (`release_effects`): a recovery
+    // pass that rebuilds the case in between must not hand the effect out again.
     inner.queued.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Effects whose results are now committed (or whose results will not be recorded by this
+/// batch and must be found again by a recovery pass) stop counting as in flight.
+fn release_effects<'a>(inner: &Inner, keys: impl Iterator<Item = &'a String>) {
+    let mut in_flight = lock(&inner.effects_in_flight);
+    for k in keys {
+        in_flight.remove(k);
+    }
 }
 
 fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
