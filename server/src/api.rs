@@ -874,21 +874,20 @@ async fn claim_task(
             ),
         ));
     }
-    let after = reassign(&state, &t, None, "claimed", Some(&who.name)).await?;
-    audit::record(
+    let entry = audit::entry(
         &state,
         &who,
         &meta,
         "tasks.claim",
         &id,
-        json!({"instance_id": after.case_id}),
-    )
-    .await;
+        json!({"instance_id": t.case_id}),
+    );
+    let after = reassign(&state, &t, None, "claimed", Some(&who.name), &entry).await?;
     Ok(Json(task_json(&after, state.now_ms())))
 }
 
 /// Claims or releases `t` as it was read: same status, role and holder, or nothing changes
-/// (someone else was quicker, or the case moved on). A task awaiting its second decision keeps
+/// (someone else was quicker, or the case moved on). The audit entry is written with the change. A task awaiting its second decision keeps
 /// that status; otherwise it becomes `status`.
 async fn reassign(
     state: &AppState,
@@ -896,6 +895,7 @@ async fn reassign(
     holder: Option<&str>,
     status: &str,
     assignee: Option<&str>,
+    entry: &dossier_store::AuditEntry,
 ) -> Result<TaskRecord, ApiError> {
     let to = if t.status == "awaiting_second" {
         "awaiting_second"
@@ -904,7 +904,15 @@ async fn reassign(
     };
     let (after, changed) = state
         .store()
-        .assign_task(&t.id, &[t.status.as_str()], &t.role, holder, to, assignee)
+        .assign_task(
+            &t.id,
+            &[t.status.as_str()],
+            &t.role,
+            holder,
+            to,
+            assignee,
+            Some(entry),
+        )
         .await?
         .ok_or_else(|| {
             ApiError::not_found("unknown_task", format!("no task has the id {}", t.id))
@@ -946,16 +954,15 @@ async fn release_task(
     if holder != who.name && !who.has(ADMIN) {
         return Err(claimed_by_other(&t));
     }
-    let after = reassign(&state, &t, Some(&holder), "open", None).await?;
-    audit::record(
+    let entry = audit::entry(
         &state,
         &who,
         &meta,
         "tasks.release",
         &id,
-        json!({"instance_id": after.case_id, "was_assigned_to": holder}),
-    )
-    .await;
+        json!({"instance_id": t.case_id, "was_assigned_to": holder}),
+    );
+    let after = reassign(&state, &t, Some(&holder), "open", None, &entry).await?;
     Ok(Json(task_json(&after, state.now_ms())))
 }
 

@@ -9,8 +9,8 @@ use crate::auth::Principal;
 use crate::body::RequestMeta;
 use crate::AppState;
 
-/// The entry of a call whose change the engine commits: handed to the engine, which writes it
-/// in the same transaction as the change (`target` empty: the case the call starts).
+/// The entry of a call whose change is one transaction (a start, a cancellation, a decision, a
+/// claim, a release): written in that transaction (`target` empty: the case the call starts).
 pub fn entry(
     state: &AppState,
     who: &Principal,
@@ -31,8 +31,8 @@ pub fn entry(
     }
 }
 
-/// Appends one entry on its own, for the changes that do not go through the engine (claims,
-/// releases) or reach several cases (events, webhooks). Called after the change is committed: an entry is never written for a
+/// Appends one entry on its own, for the calls that may reach several cases (events,
+/// webhooks). Called after the change is committed: an entry is never written for a
 /// refused request (those write nothing). A failure to write it does not undo the change: it
 /// is logged as an error with the request's correlation id, for the administrator.
 pub async fn record(

@@ -414,7 +414,8 @@ pub trait Store: Send + Sync {
     /// status is one of `from`, its role is `role` (an escalation moves it elsewhere) and its
     /// assignee is `holder` (`None`: nobody holds it) — a compare-and-set, in one statement.
     /// Returns `None` for an unknown task, else the task as it is after the call and whether
-    /// the compare succeeded (and the task was written).
+    /// the compare succeeded (and the task was written). `audit`, when the task is written,
+    /// is appended to the audit trail in the same transaction.
     async fn assign_task(
         &self,
         id: &str,
@@ -423,6 +424,7 @@ pub trait Store: Send + Sync {
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Option<(TaskRecord, bool)>>;
     /// Number of tasks per status, ordered by status.
     async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>>;

@@ -413,6 +413,7 @@ impl Store for MemoryStore {
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Option<(TaskRecord, bool)>> {
         let mut state = self.lock();
         let Some(task) = state.tasks.get_mut(id) else {
@@ -425,7 +426,13 @@ impl Store for MemoryStore {
             task.status = status.to_string();
             task.assignee = assignee.map(str::to_string);
         }
-        Ok(Some((task.clone(), matches)))
+        let after = task.clone();
+        if let (true, Some(entry)) = (matches, audit) {
+            let last = state.audit.last().map(|l| (l.seq, l.hash.clone()));
+            let record = next_audit_record(last, entry);
+            state.audit.push(record);
+        }
+        Ok(Some((after, matches)))
     }
 
     async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>> {

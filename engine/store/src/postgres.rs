@@ -383,10 +383,12 @@ impl Store for PgStore {
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Option<(TaskRecord, bool)>> {
         // The compare and the set are one statement: under READ COMMITTED an UPDATE that waited
         // for a concurrent one re-checks its WHERE against the committed row, so two claims of
-        // the same open task cannot both succeed.
+        // the same open task cannot both succeed. Its audit entry goes in the same transaction.
+        let mut tx = self.pool.begin().await?;
         let updated: Option<TaskRow> = sqlx::query_as(concat!(
             "UPDATE tasks SET status = $2, assignee = $3 WHERE id = $1 AND status = ANY($4) \
              AND assignee IS NOT DISTINCT FROM $5::text AND role = $6 RETURNING ",
@@ -398,11 +400,16 @@ impl Store for PgStore {
         .bind(from)
         .bind(holder)
         .bind(role)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = updated {
+            if let Some(entry) = audit {
+                append_audit(&mut tx, &[entry]).await?;
+            }
+            tx.commit().await?;
             return Ok(Some((task_from(row), true)));
         }
+        tx.rollback().await?;
         // Unchanged (or unknown): report the task as it is.
         Ok(self.task(id).await?.map(|t| (t, false)))
     }

@@ -410,6 +410,7 @@ impl Store for SqliteStore {
         holder: Option<&str>,
         status: &str,
         assignee: Option<&str>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Option<(TaskRecord, bool)>> {
         let id = id.to_string();
         let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
@@ -417,10 +418,11 @@ impl Store for SqliteStore {
         let holder = holder.map(str::to_string);
         let status = status.to_string();
         let assignee = assignee.map(str::to_string);
+        let audit = audit.cloned();
         self.writer
             .run(move |conn| {
                 in_transaction(conn, |conn| {
-                    assign_task(
+                    let result = assign_task(
                         conn,
                         &id,
                         &from,
@@ -428,7 +430,11 @@ impl Store for SqliteStore {
                         holder.as_deref(),
                         &status,
                         assignee.as_deref(),
-                    )
+                    )?;
+                    if let (Some((_, true)), Some(entry)) = (&result, &audit) {
+                        append_audit(conn, [entry])?;
+                    }
+                    Ok(result)
                 })
             })
             .await

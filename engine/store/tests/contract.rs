@@ -1345,15 +1345,23 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Unknown task.
     assert_eq!(
-        s.assign_task("nope", &["open"], "clerk", None, "claimed", Some("ann"))
-            .await
-            .unwrap(),
+        s.assign_task(
+            "nope",
+            &["open"],
+            "clerk",
+            None,
+            "claimed",
+            Some("ann"),
+            None
+        )
+        .await
+        .unwrap(),
         None
     );
 
     // Ann claims the open task.
     assert_eq!(
-        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("ann"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("ann"), None)
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), true))
@@ -1362,14 +1370,14 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Bob's claim loses: the task is no longer open.
     assert_eq!(
-        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"), None)
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), false))
     );
     // Bob cannot release Ann's task (wrong holder).
     assert_eq!(
-        s.assign_task("t1", &["claimed"], "clerk", Some("bob"), "open", None)
+        s.assign_task("t1", &["claimed"], "clerk", Some("bob"), "open", None, None)
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), false))
@@ -1382,6 +1390,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
             "clerk",
             Some("ann"),
             "open",
+            None,
             None
         )
         .await
@@ -1390,7 +1399,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
     );
     // An empty list of accepted statuses matches nothing.
     assert_eq!(
-        s.assign_task("t1", &[], "clerk", None, "open", None)
+        s.assign_task("t1", &[], "clerk", None, "open", None, None)
             .await
             .unwrap(),
         Some((claimed_by_ann.clone(), false))
@@ -1399,7 +1408,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
 
     // Ann releases it: open again, no assignee, everything else untouched.
     assert_eq!(
-        s.assign_task("t1", &["claimed"], "clerk", Some("ann"), "open", None)
+        s.assign_task("t1", &["claimed"], "clerk", Some("ann"), "open", None, None)
             .await
             .unwrap(),
         Some((open.clone(), true))
@@ -1414,7 +1423,8 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
             "clerk",
             Some("ann"),
             "claimed",
-            Some("ann")
+            Some("ann"),
+            None
         )
         .await
         .unwrap(),
@@ -1424,7 +1434,7 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
     // Bob claims it; a claim needs the task unassigned: one claimed by someone else, even in
     // a status the claim accepts, is not taken over.
     assert_eq!(
-        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"))
+        s.assign_task("t1", &["open"], "clerk", None, "claimed", Some("bob"), None)
             .await
             .unwrap(),
         Some((claimed_by_bob_of(&open), true))
@@ -1436,7 +1446,8 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
             "clerk",
             None,
             "claimed",
-            Some("cy")
+            Some("cy"),
+            None
         )
         .await
         .unwrap(),
@@ -1444,9 +1455,17 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
     );
     // A task escalated to another role is not claimed for the old one.
     assert_eq!(
-        s.assign_task("t1", &["claimed"], "direction", Some("bob"), "open", None)
-            .await
-            .unwrap(),
+        s.assign_task(
+            "t1",
+            &["claimed"],
+            "direction",
+            Some("bob"),
+            "open",
+            None,
+            None
+        )
+        .await
+        .unwrap(),
         Some((claimed_by_bob_of(&open), false))
     );
 
@@ -1455,6 +1474,52 @@ async fn assign_task_is_compare_and_set(s: Arc<dyn Store>) {
         s.task("t2").await.unwrap(),
         Some(task("t2", "a", "clerk", None))
     );
+
+    // A claim's audit entry is written with it, and only when the claim succeeds.
+    let entry = AuditEntry {
+        at: 7,
+        actor: "key:0a1b".into(),
+        role: "achats,operator".into(),
+        action: "tasks.claim".into(),
+        target: "t2".into(),
+        origin: "127.0.0.1:9".into(),
+        request_id: "req-1".into(),
+        details: "{}".into(),
+    };
+    let lost = s
+        .assign_task(
+            "t2",
+            &["claimed"],
+            "clerk",
+            None,
+            "claimed",
+            Some("ann"),
+            Some(&entry),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost.map(|(_, changed)| changed), Some(false));
+    assert!(s.audit(0, 0).await.unwrap().is_empty());
+    let won = s
+        .assign_task(
+            "t2",
+            &["open"],
+            "clerk",
+            None,
+            "claimed",
+            Some("ann"),
+            Some(&entry),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        won.map(|(t, changed)| (t.assignee, changed)),
+        Some((Some("ann".to_string()), true))
+    );
+    let trail = s.audit(0, 0).await.unwrap();
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0].entry, entry);
+    assert_eq!(verify_audit(&trail, AUDIT_GENESIS.to_string()), Ok(()));
 }
 
 fn claimed_by_bob_of(open: &TaskRecord) -> TaskRecord {
@@ -1480,7 +1545,7 @@ async fn count_tasks_by_status(s: Arc<dyn Store>) {
     );
 
     let claimed = s
-        .assign_task("t2", &["open"], "clerk", None, "claimed", Some("ann"))
+        .assign_task("t2", &["open"], "clerk", None, "claimed", Some("ann"), None)
         .await
         .unwrap();
     assert_eq!(claimed.map(|(_, changed)| changed), Some(true));
