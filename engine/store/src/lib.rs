@@ -416,6 +416,8 @@ pub trait Store: Send + Sync {
     /// Returns `None` for an unknown task, else the task as it is after the call and whether
     /// the compare succeeded (and the task was written). `audit`, when the task is written,
     /// is appended to the audit trail in the same transaction.
+    // One compare-and-set: what it expects and what it sets, side by side.
+    #[allow(clippy::too_many_arguments)]
     async fn assign_task(
         &self,
         id: &str,

@@ -375,6 +375,8 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(inbox_from).collect())
     }
 
+    // One compare-and-set: what it expects and what it sets, side by side.
+    #[allow(clippy::too_many_arguments)]
     async fn assign_task(
         &self,
         id: &str,
