@@ -549,11 +549,19 @@ async fn send_event(
         scope: format!("api:events:{}:{k}", who.id),
         request_hash: request_hash(&body.value),
     });
-    let d = state.engine.deliver_event(&name, payload, dedup).await?;
+    let entry = audit::entry(
+        &state,
+        &who,
+        &meta,
+        "events.send",
+        &name,
+        json!({"event": name, "idempotency_key": key}),
+    );
+    let d = state
+        .engine
+        .deliver_event(&name, payload, dedup, Some(entry))
+        .await?;
     let replayed = d.replayed;
-    if d.fresh {
-        audit::record(&state, &who, &meta, "events.send", "", json!({"event": name, "reached": d.reached, "started": d.started, "idempotency_key": key})).await;
-    }
     let mut res = (
         StatusCode::ACCEPTED,
         Json(json!({"event": name, "reached": d.reached, "started": d.started})),
@@ -584,9 +592,17 @@ async fn instance_event(
         scope: format!("api:instance-events:{}:{id}:{k}", who.id),
         request_hash: request_hash(&body.value),
     });
+    let entry = audit::entry(
+        &state,
+        &who,
+        &meta,
+        "instances.event",
+        &id,
+        json!({"event": name, "idempotency_key": key}),
+    );
     let d = state
         .engine
-        .deliver_to_case(&id, &name, payload, dedup)
+        .deliver_to_case(&id, &name, payload, dedup, Some(entry))
         .await?;
     if d.reached.is_empty() {
         let waits = state.store().waits_of_case(&id).await?;
@@ -607,17 +623,6 @@ async fn instance_event(
             },
         )
         .with_details(json!({"waiting_for": names, "status": case.status})));
-    }
-    if d.fresh {
-        audit::record(
-            &state,
-            &who,
-            &meta,
-            "instances.event",
-            &id,
-            json!({"event": name, "idempotency_key": key}),
-        )
-        .await;
     }
     let status = state.store().case(&id).await?.map(|c| c.status);
     Ok((

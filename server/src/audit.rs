@@ -30,36 +30,3 @@ pub fn entry(
         details: details.to_string(),
     }
 }
-
-/// Appends one entry on its own, for the calls that may reach several cases (events,
-/// webhooks). Called after the change is committed: an entry is never written for a
-/// refused request (those write nothing). A failure to write it does not undo the change: it
-/// is logged as an error with the request's correlation id, for the administrator.
-pub async fn record(
-    state: &AppState,
-    who: &Principal,
-    meta: &RequestMeta,
-    action: &str,
-    target: &str,
-    details: Value,
-) {
-    let entry = AuditEntry {
-        at: state.now_ms(),
-        actor: who.id.clone(),
-        role: who.role_text(),
-        action: action.to_string(),
-        target: target.to_string(),
-        origin: meta.origin.clone(),
-        request_id: meta.request_id.clone(),
-        details: details.to_string(),
-    };
-    if let Err(e) = state.store().append_audit(&entry).await {
-        tracing::error!(
-            correlation_id = %meta.request_id,
-            action,
-            target,
-            error = %e,
-            "the audit entry could not be written"
-        );
-    }
-}

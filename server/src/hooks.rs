@@ -77,17 +77,32 @@ async fn receive(
         request_hash: hex::encode(Sha256::digest(&raw)),
     };
     let hook = state.config.hooks.get(&name).cloned().unwrap_or_default();
+    let who = Principal {
+        id: format!("webhook:{name}"),
+        name: format!("webhook:{name}"),
+        roles: BTreeSet::from([SYSTEM.to_string()]),
+    };
+    // Written by the engine with what the delivery does (see `Engine::deliver_event` and
+    // `Engine::start_by_webhook`); nothing is audited for a delivery that did nothing.
+    let entry = audit::entry(
+        &state,
+        &who,
+        &meta,
+        "hooks.receive",
+        &name,
+        json!({"webhook_id": id, "event": hook.event}),
+    );
     let delivery = match &hook.event {
         Some(event) => {
             state
                 .engine
-                .deliver_event(event, payload, Some(dedup))
+                .deliver_event(event, payload, Some(dedup), Some(entry))
                 .await
         }
         None => {
             state
                 .engine
-                .start_by_webhook(&name, payload, Some(dedup))
+                .start_by_webhook(&name, payload, Some(dedup), Some(entry))
                 .await
         }
     }
@@ -104,22 +119,10 @@ async fn receive(
         "reached": delivery.reached,
         "duplicate": delivery.replayed,
     });
-    if delivery.replayed {
-        return Ok((StatusCode::OK, Json(body)).into_response());
-    }
-    let who = Principal {
-        id: format!("webhook:{name}"),
-        name: format!("webhook:{name}"),
-        roles: BTreeSet::from([SYSTEM.to_string()]),
+    let status = if delivery.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
-    audit::record(
-        &state,
-        &who,
-        &meta,
-        "hooks.receive",
-        &name,
-        json!({"webhook_id": id, "event": hook.event, "started": delivery.started, "reached": delivery.reached}),
-    )
-    .await;
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok((status, Json(body)).into_response())
 }

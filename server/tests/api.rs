@@ -569,6 +569,17 @@ async fn events_reach_the_correlated_cases(h: Harness) {
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         h.wait_status(case, "completed").await;
     }
+    // Audited: each call that delivered or started something, once; no refusal, no replay.
+    let trail = h.store.audit(0, 0).await.unwrap();
+    let count = |action: &str| trail.iter().filter(|r| r.entry.action == action).count();
+    assert_eq!(
+        (
+            count("events.send"),
+            count("instances.event"),
+            count("instances.start")
+        ),
+        (3, 3, 5)
+    );
     h.stop().await;
 }
 
@@ -1096,6 +1107,24 @@ async fn webhooks_are_verified_and_deduplicated(h: Harness) {
         .filter(|k| *k == "event_received")
         .count();
     assert_eq!(received, 1);
+    // Audited once per delivery that did something, in the transaction that did it.
+    let actions: Vec<String> = h
+        .store
+        .audit(0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.entry.action)
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "hooks.receive",
+            "tasks.complete",
+            "tasks.complete",
+            "hooks.receive"
+        ]
+    );
     h.stop().await;
 }
 

@@ -413,7 +413,7 @@ impl Engine {
     /// Delivers an event to every case waiting for it whose correlation keys match.
     /// Returns the ids of the cases it reached.
     pub async fn send_event(&self, name: &str, payload: Value) -> Result<Vec<String>> {
-        Ok(self.deliver_event(name, payload, None).await?.reached)
+        Ok(self.deliver_event(name, payload, None, None).await?.reached)
     }
 
     /// Delivers an event to every case waiting for it whose correlation keys match; when none
@@ -424,13 +424,18 @@ impl Engine {
     /// done. A repeat of a finished request answers from that record and does nothing; a repeat
     /// of one cut short (a crash, a database error) reaches only the cases the first one did not
     /// reach, never a case it started, and starts only what it did not start.
+    ///
+    /// `audit`, the entry of the API call, is written once the request did something: with the
+    /// record of its answer when it is deduplicated (a retry that completes a delivery cut short
+    /// writes it then), else right after the deliveries.
     pub async fn deliver_event(
         &self,
         name: &str,
         payload: Value,
         dedup: Option<Dedup>,
+        audit: Option<AuditEntry>,
     ) -> Result<Delivery> {
-        self.deliver(name, payload, dedup, None).await
+        self.deliver(name, payload, dedup, None, audit).await
     }
 
     /// Delivers an event to one case: to each of its waits for that name, whatever their
@@ -442,8 +447,10 @@ impl Engine {
         name: &str,
         payload: Value,
         dedup: Option<Dedup>,
+        audit: Option<AuditEntry>,
     ) -> Result<Delivery> {
-        self.deliver(name, payload, dedup, Some(case_id)).await
+        self.deliver(name, payload, dedup, Some(case_id), audit)
+            .await
     }
 
     /// Delivers to the waits matching the payload's correlation keys (`case: None`, and then
@@ -454,6 +461,7 @@ impl Engine {
         payload: Value,
         dedup: Option<Dedup>,
         case: Option<&str>,
+        audit: Option<AuditEntry>,
     ) -> Result<Delivery> {
         if let Some(done) = self.finished_request(dedup.as_ref()).await? {
             return Ok(done);
@@ -477,10 +485,10 @@ impl Engine {
                 .get(name)
                 .cloned()
                 .unwrap_or_default();
-            self.start_all(&starts, &payload, &dedup, &mut delivery)
+            self.start_all(&starts, &payload, &dedup, &mut delivery, None)
                 .await?;
         }
-        self.finish_request(dedup.as_ref(), &mut delivery, &prior)
+        self.finish_request(dedup.as_ref(), &mut delivery, &prior, audit)
             .await?;
         Ok(delivery)
     }
@@ -528,11 +536,14 @@ impl Engine {
     /// cannot read refuses the whole request and starts nothing. Each start's own record is
     /// the request's record: a repeat finds them all and starts nothing (no "done" record, so
     /// a delivery costs one transaction).
+    ///
+    /// `audit`, the entry of the call, is written with the first case it starts.
     pub async fn start_by_webhook(
         &self,
         hook: &str,
         payload: Value,
         dedup: Option<Dedup>,
+        audit: Option<AuditEntry>,
     ) -> Result<Delivery> {
         let mut delivery = Delivery::default();
         let starts = self
@@ -542,7 +553,7 @@ impl Engine {
             .get(hook)
             .cloned()
             .unwrap_or_default();
-        self.start_all(&starts, &payload, &dedup, &mut delivery)
+        self.start_all(&starts, &payload, &dedup, &mut delivery, audit)
             .await?;
         delivery.replayed = dedup.is_some() && !delivery.started.is_empty() && !delivery.fresh;
         Ok(delivery)
@@ -590,8 +601,16 @@ impl Engine {
         dedup: Option<&Dedup>,
         delivery: &mut Delivery,
         prior: &[InboxRecord],
+        audit: Option<AuditEntry>,
     ) -> Result<()> {
         let Some(d) = dedup else {
+            if let (Some(entry), true) = (audit, delivery.fresh) {
+                let write = CaseWrite {
+                    audit: vec![entry],
+                    ..CaseWrite::default()
+                };
+                self.inner.store.commit(&[write]).await?;
+            }
             return Ok(());
         };
         delivery.replayed = !prior.is_empty() && !delivery.fresh;
@@ -610,6 +629,7 @@ impl Engine {
         };
         let write = CaseWrite {
             inbox: vec![rec],
+            audit: audit.into_iter().collect(),
             ..CaseWrite::default()
         };
         match self.inner.store.commit(&[write]).await {
@@ -638,6 +658,7 @@ impl Engine {
         payload: &Value,
         dedup: &Option<Dedup>,
         delivery: &mut Delivery,
+        mut audit: Option<AuditEntry>,
     ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut inputs = Vec::with_capacity(starts.len());
@@ -655,8 +676,9 @@ impl Engine {
             let inbox = dedup
                 .as_ref()
                 .map(|d| d.key(&format!("start:{}", s.workflow)));
+            // The call's audit entry goes with the first start.
             let applied = self
-                .start_case_once(&s.workflow, input, None, inbox.clone())
+                .start_case_audited(&s.workflow, input, None, inbox.clone(), audit.take())
                 .await?;
             if let (Some(k), Some(dup)) = (&inbox, &applied.duplicate) {
                 if dup.request_hash != k.request_hash {
