@@ -90,17 +90,94 @@ fn parameters(path: &str, method: &str) -> Vec<Value> {
     ps
 }
 
+/// The success answers of an endpoint: status code, description and schema.
+fn success(path: &str, method: &str) -> Value {
+    let list = |item: &str| {
+        json!({"type": "object", "properties": {
+            "items": {"type": "array", "items": schema_ref(item)},
+            "next": {"description": "pass as `after` for the next page; null on the last"}}})
+    };
+    let (code, description, schema) = match (method, path) {
+        ("post", "/api/v1/instances") => ("201", "started (or, with the same Idempotency-Key and body, the first answer again with `idempotent-replayed: true`)", schema_ref("Started")),
+        ("get", "/api/v1/instances") => ("200", "a page of cases", list("Instance")),
+        ("get", "/api/v1/instances/{id}") => ("200", "the case with its open tasks and what it waits for", schema_ref("Instance")),
+        ("get", "/api/v1/instances/{id}/history") => ("200", "the hash-chained history", schema_ref("History")),
+        ("post", "/api/v1/events") => ("202", "delivered", schema_ref("EventAccepted")),
+        ("post", "/api/v1/instances/{id}/events") => ("202", "delivered to the case", json!({"type": "object", "properties": {"event": {"type": "string"}, "instance_id": {"type": "string"}, "status": {"type": "string"}}})),
+        ("post", "/api/v1/instances/{id}/cancel") => ("200", "cancelled (compensations run)", json!({"type": "object", "properties": {"id": {"type": "string"}, "status": {"type": "string"}}})),
+        ("post", "/api/v1/instances/{id}/replay") => ("200", "the replay report", schema_ref("ReplayReport")),
+        ("get", "/api/v1/instances/{id}/export") => ("200", "the case file (format dossier-case/1)", json!({"type": "object"})),
+        ("get", "/api/v1/tasks") => ("200", "tasks, oldest first", json!({"type": "object", "properties": {"items": {"type": "array", "items": schema_ref("Task")}}})),
+        ("get", "/api/v1/tasks/{id}") | ("post", "/api/v1/tasks/{id}/claim") | ("post", "/api/v1/tasks/{id}/release") => ("200", "the task", schema_ref("Task")),
+        ("post", "/api/v1/tasks/{id}/complete") => ("200", "decided", json!({"type": "object", "properties": {"task": schema_ref("Task"), "instance": {"type": "object", "properties": {"id": {"type": "string"}, "status": {"type": "string"}}}}})),
+        ("get", "/api/v1/workflows") => ("200", "deployed workflows and every stored version", json!({"type": "object"})),
+        ("post", "/api/v1/workflows/validate") => ("200", "the diagnostics (`valid` false when any is an error)", schema_ref("Validation")),
+        ("get", "/api/v1/audit") => ("200", "a page of the audit trail", list("AuditEntry")),
+        ("get", "/api/v1/audit/verify") => ("200", "whether the chain holds", json!({"type": "object", "properties": {"intact": {"type": "boolean"}, "entries": {"type": "integer"}, "broken_at": {"type": "integer"}, "last_hash": {"type": "string"}}})),
+        ("post", "/hooks/{name}") => ("202", "taken (200 with `duplicate: true` for a redelivery of the same webhook-id)", schema_ref("HookAccepted")),
+        ("get", "/metrics") => ("200", "Prometheus text format", json!({"type": "string"})),
+        _ => ("200", "success", json!({"type": "object"})),
+    };
+    json!({code: {"description": description, "content": {"application/json": {"schema": schema}}}})
+}
+
+fn schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    let ns = || json!({"type": ["string", "null"]});
+    json!({
+        "Error": {"type": "object", "required": ["error", "message"], "properties": {
+            "error": {"type": "string", "description": "stable code"},
+            "message": {"type": "string", "description": "what is wrong and how to fix it"},
+            "details": {}}},
+        "StartInstance": {"type": "object", "required": ["workflow"], "additionalProperties": false, "properties": {
+            "workflow": s("string"), "input": s("object"), "business_key": s("string")}},
+        "Started": {"type": "object", "properties": {"id": s("string"), "workflow": s("string"), "status": s("string")}},
+        "Event": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": s("string"), "payload": s("object")}},
+        "EventAccepted": {"type": "object", "properties": {"event": s("string"),
+            "reached": {"type": "array", "items": s("string")}, "started": {"type": "array", "items": s("string")}}},
+        "HookAccepted": {"type": "object", "properties": {"webhook_id": s("string"), "duplicate": s("boolean"),
+            "reached": {"type": "array", "items": s("string")}, "started": {"type": "array", "items": s("string")}}},
+        "CompleteTask": {"type": "object", "required": ["outcome"], "additionalProperties": false, "properties": {
+            "outcome": s("string"), "data": s("object")}},
+        "Instance": {"type": "object", "properties": {
+            "id": s("string"), "workflow": s("string"), "workflow_version": s("integer"), "workflow_hash": s("string"),
+            "business_key": ns(), "parent_id": ns(), "status": {"enum": ["running", "waiting", "completed", "failed", "cancelled"]},
+            "current_step": ns(), "data": s("object"), "pins": {"type": "object", "additionalProperties": s("string")},
+            "last_seq": s("integer"), "created_at": s("string"), "updated_at": s("string"),
+            "tasks": {"type": "array", "items": schema_ref("Task")},
+            "waiting_for": {"type": "array", "items": {"type": "object", "properties": {"event": s("string"), "correlation": s("object")}}}}},
+        "History": {"type": "object", "properties": {"instance_id": s("string"), "last_seq": s("integer"), "last_hash": s("string"),
+            "events": {"type": "array", "items": {"type": "object", "properties": {
+                "seq": s("integer"), "at": s("integer"), "kind": s("string"), "payload": s("object"), "prev_hash": s("string"), "hash": s("string")}}}}},
+        "Task": {"type": "object", "properties": {
+            "id": s("string"), "instance_id": s("string"), "workflow": s("string"), "step": s("string"), "role": s("string"),
+            "title": s("string"), "instructions": ns(), "fields": s("object"), "outcomes": {"type": "array", "items": s("string")},
+            "four_eyes": s("boolean"), "escalate_to": ns(),
+            "status": {"enum": ["open", "claimed", "awaiting_second", "completed", "cancelled"]},
+            "assignee": ns(), "due_at": ns(), "overdue": s("boolean"), "created_at": s("string"),
+            "completed_at": ns(), "completed_by": ns(), "first_decision_by": ns(), "outcome": ns(), "data": {}}},
+        "ReplayReport": {"type": "object", "properties": {"instance_id": s("string"), "events": s("integer"),
+            "chain": {"type": "object", "properties": {"intact": s("boolean"), "error": s("string")}},
+            "replay": {"type": "object", "properties": {"identical": s("boolean"), "divergence": s("string")}}}},
+        "Validation": {"type": "object", "properties": {"valid": s("boolean"), "diagnostics": {"type": "array", "items": {"type": "object", "properties": {
+            "file": s("string"), "line": s("integer"), "column": s("integer"), "severity": {"enum": ["error", "warning"]},
+            "message": s("string"), "hint": ns(), "text": s("string")}}}}},
+        "AuditEntry": {"type": "object", "properties": {"seq": s("integer"), "at": s("string"), "actor": s("string"), "role": s("string"),
+            "action": s("string"), "target": s("string"), "origin": s("string"), "request_id": s("string"), "details": s("object"),
+            "prev_hash": s("string"), "hash": s("string")}},
+    })
+}
+
 pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for e in ENDPOINTS {
         let mut op = json!({
             "summary": e.summary,
             "parameters": parameters(e.path, e.method),
-            "responses": {
-                "2XX": {"description": "success", "content": {"application/json": {}}},
-                "4XX": {"description": "refused; nothing was written", "content": {"application/json": {"schema": schema_ref("Error")}}},
-            },
+            "responses": success(e.path, e.method),
         });
+        op["responses"]["4XX"] = json!({"description": "refused; nothing was written", "content": {"application/json": {"schema": schema_ref("Error")}}});
         if !e.roles.is_empty() {
             op["security"] = json!([{"apiKey": []}, {"oidc": []}]);
             op["x-roles"] = json!(e.roles);
@@ -128,18 +205,55 @@ pub fn document() -> Value {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "an API key `dsk_…` (dossier keys create)"},
                 "oidc": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
             },
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string", "description": "stable code"},
-                    "message": {"type": "string", "description": "what is wrong and how to fix it"},
-                    "details": {}}},
-                "StartInstance": {"type": "object", "required": ["workflow"], "additionalProperties": false, "properties": {
-                    "workflow": {"type": "string"}, "input": {"type": "object"}, "business_key": {"type": "string"}}},
-                "Event": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                    "name": {"type": "string"}, "payload": {"type": "object"}}},
-                "CompleteTask": {"type": "object", "required": ["outcome"], "additionalProperties": false, "properties": {
-                    "outcome": {"type": "string"}, "data": {"type": "object"}}},
-            },
+            "schemas": schemas(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_and_every_operation_says_its_success() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20, "{}", all.len());
+        for r in &all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} does not resolve"
+            );
+        }
+        for e in ENDPOINTS {
+            let responses = doc["paths"][e.path][e.method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{} {} has no responses", e.method, e.path));
+            let ok: Vec<&String> = responses.keys().filter(|k| k.starts_with('2')).collect();
+            assert_eq!(ok.len(), 1, "{} {}: {ok:?}", e.method, e.path);
+            assert!(responses.contains_key("4XX"), "{} {}", e.method, e.path);
+        }
+        assert_eq!(
+            doc["paths"]["/api/v1/instances"]["post"]["responses"]["201"]["content"]
+                ["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Started"
+        );
+    }
 }
