@@ -535,6 +535,24 @@ fn event_body(body: &JsonBody<Value>) -> Result<(String, Value), ApiError> {
     ))
 }
 
+/// An event request: its `Idempotency-Key`, the event's name and payload, and the request's
+/// deduplication scope (`scope` names what the key belongs to: the caller, the case).
+type EventRequest = (Option<String>, String, Value, Option<Dedup>);
+
+fn event_request(
+    headers: &HeaderMap,
+    body: &JsonBody<Value>,
+    scope: &str,
+) -> Result<EventRequest, ApiError> {
+    let key = idempotency_key(headers)?;
+    let (name, payload) = event_body(body)?;
+    let dedup = key.as_ref().map(|k| Dedup {
+        scope: format!("{scope}:{k}"),
+        request_hash: request_hash(&body.value),
+    });
+    Ok((key, name, payload, dedup))
+}
+
 async fn send_event(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -543,12 +561,8 @@ async fn send_event(
     body: JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     require(&who, SEND_EVENTS)?;
-    let key = idempotency_key(&headers)?;
-    let (name, payload) = event_body(&body)?;
-    let dedup = key.as_ref().map(|k| Dedup {
-        scope: format!("api:events:{}:{k}", who.id),
-        request_hash: request_hash(&body.value),
-    });
+    let (key, name, payload, dedup) =
+        event_request(&headers, &body, &format!("api:events:{}", who.id))?;
     let entry = audit::entry(
         &state,
         &who,
@@ -585,13 +599,12 @@ async fn instance_event(
     body: JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     require(&who, SEND_EVENTS)?;
-    let key = idempotency_key(&headers)?;
-    let (name, payload) = event_body(&body)?;
+    let (key, name, payload, dedup) = event_request(
+        &headers,
+        &body,
+        &format!("api:instance-events:{}:{id}", who.id),
+    )?;
     let case = case_or_404(&state, &id).await?;
-    let dedup = key.as_ref().map(|k| Dedup {
-        scope: format!("api:instance-events:{}:{id}:{k}", who.id),
-        request_hash: request_hash(&body.value),
-    });
     let entry = audit::entry(
         &state,
         &who,

@@ -145,10 +145,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         for (name, hook) in self.hooks.iter_mut() {
-            if let Some(v) = env(&hook_env_var(name)) {
-                hook.secrets
-                    .extend(v.split_whitespace().map(str::to_string));
-            }
+            hook.secrets.extend(env_secrets(name, env));
             for s in &hook.secrets {
                 crate::webhook::decode_secret(s).map_err(|m| ConfigError::Hook {
                     file: file.to_string(),
@@ -165,14 +162,20 @@ impl Config {
     /// environment when the file does not list it.
     pub fn declare_hook(&mut self, name: &str, env: &dyn Fn(&str) -> Option<String>) {
         if !self.hooks.contains_key(name) {
-            let mut hook = HookConfig::default();
-            if let Some(v) = env(&hook_env_var(name)) {
-                hook.secrets
-                    .extend(v.split_whitespace().map(str::to_string));
-            }
+            let hook = HookConfig {
+                secrets: env_secrets(name, env),
+                event: None,
+            };
             self.hooks.insert(name.to_string(), hook);
         }
     }
+}
+
+/// The secrets of a hook found in the environment (several separated by spaces).
+fn env_secrets(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    env(&hook_env_var(name))
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// The environment variable holding a hook's secrets: `DOSSIER_HOOK_FACTURE_EMISE_SECRET`.

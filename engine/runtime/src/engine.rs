@@ -142,6 +142,31 @@ struct Extras {
     audit: Option<AuditEntry>,
 }
 
+/// The answer of a request already handled to its end, if its earlier records hold it.
+fn finished_request(prior: &[InboxRecord]) -> Result<Option<Delivery>> {
+    let Some(rec) = prior.iter().find(|p| p.key == DONE_KEY) else {
+        return Ok(None);
+    };
+    let answer: Value = serde_json::from_str(&rec.status)
+        .map_err(|e| RuntimeError::Corrupt(format!("inbox {}: {e}", rec.scope)))?;
+    let ids = |k: &str| -> Vec<String> {
+        answer[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Some(Delivery {
+        reached: ids("reached"),
+        started: ids("started"),
+        fresh: false,
+        replayed: true,
+    }))
+}
+
 /// Rows to remove once an input is handled, even when the case ignores it.
 #[derive(Debug, Clone, Default)]
 struct Cleanup {
@@ -463,9 +488,6 @@ impl Engine {
         case: Option<&str>,
         audit: Option<AuditEntry>,
     ) -> Result<Delivery> {
-        if let Some(done) = self.finished_request(dedup.as_ref()).await? {
-            return Ok(done);
-        }
         // The waits before the earlier records: a case that a copy of this request running
         // alongside started (and that waits for this very event) is then known by its record.
         let mut waits = match case {
@@ -474,6 +496,9 @@ impl Engine {
         };
         crate::delivery_order(&mut waits);
         let prior = self.prior(dedup.as_ref()).await?;
+        if let Some(done) = finished_request(&prior)? {
+            return Ok(done);
+        }
         let mut delivery = self
             .deliver_to_waits(name, &payload, waits, &dedup, &prior)
             .await?;
@@ -562,37 +587,6 @@ impl Engine {
     /// The workflows each webhook name starts.
     pub fn triggers(&self) -> &crate::triggers::Triggers {
         &self.inner.triggers
-    }
-
-    /// The answer of a request already handled to its end, if it was.
-    async fn finished_request(&self, dedup: Option<&Dedup>) -> Result<Option<Delivery>> {
-        let Some(d) = dedup else {
-            return Ok(None);
-        };
-        let Some(rec) = self.inner.store.inbox(&d.scope, DONE_KEY).await? else {
-            return Ok(None);
-        };
-        if rec.request_hash != d.request_hash {
-            return Err(RuntimeError::KeyReused);
-        }
-        let answer: Value = serde_json::from_str(&rec.status)
-            .map_err(|e| RuntimeError::Corrupt(format!("inbox {}: {e}", d.scope)))?;
-        let ids = |k: &str| -> Vec<String> {
-            answer[k]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(Some(Delivery {
-            reached: ids("reached"),
-            started: ids("started"),
-            fresh: false,
-            replayed: true,
-        }))
     }
 
     /// Records the answer of a request handled to its end: a repeat answers from it.
