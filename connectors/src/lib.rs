@@ -9,12 +9,24 @@
 //!
 //! Errors say whether a retry can help ([`ConnectorError::Transient`]) or not
 //! ([`ConnectorError::Permanent`]); the workflow's retry policy only applies to the former.
+//! What a connector returns is recorded in the case history as the step's result: it is a
+//! summary of what the outside world answered (message id, reference, job id), never a secret.
 //!
-//! This crate ships the contract, the [`Registry`], the `log` connector and the
-//! [`RecordingConnector`] test double; real connectors come in their own modules.
+//! Connectors are configured in the `connectors:` section of `dossier.yaml` ([`config`]).
 
+pub mod calendar;
+pub mod config;
+pub mod document;
+pub mod email;
+pub mod escpos;
+pub mod fiscal;
+pub mod http;
+pub mod ipp;
 mod log;
+pub mod printer;
 mod recording;
+pub mod sms;
+pub mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,12 +73,58 @@ pub trait Connector: Send + Sync {
     fn operations(&self) -> Vec<String>;
     /// Performs one effect. Must not panic on any request content.
     async fn call(&self, effect: &EffectRequest) -> Result<Value, ConnectorError>;
+    /// Reads a delivery receipt the provider posted back (an SMS status callback), checking
+    /// that it comes from the provider. `None`: this connector takes no receipts.
+    fn receipt(&self, _incoming: &IncomingReceipt) -> Option<Result<Receipt, ReceiptError>> {
+        None
+    }
+}
+
+/// A callback as the server received it.
+#[derive(Debug, Clone)]
+pub struct IncomingReceipt<'a> {
+    /// The full URL the provider called, scheme, host, path and query, as the provider sees it
+    /// (signatures such as Twilio's cover it).
+    pub url: &'a str,
+    /// Header names in lower case.
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+/// A delivery receipt, tied to the effect that sent the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub case_id: String,
+    /// The idempotency key of the effect that sent the message.
+    pub effect_key: String,
+    /// The provider's id of the message.
+    pub message_id: String,
+    /// `delivered`, `failed`, `sent`, `undeliverable`, … as normalized by the connector.
+    pub status: String,
+    /// What the provider said, for the history.
+    pub detail: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Missing or wrong signature or token: answered 401, nothing recorded.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Not a receipt this connector understands: answered 400.
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// Connectors by the name workflows use.
 #[derive(Clone, Default)]
 pub struct Registry {
     connectors: BTreeMap<String, Arc<dyn Connector>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.connectors.keys()).finish()
+    }
 }
 
 impl Registry {
@@ -87,6 +145,14 @@ impl Registry {
 
     pub fn names(&self) -> Vec<String> {
         self.connectors.keys().cloned().collect()
+    }
+
+    /// Every connector with its operations (what `dossier validate` checks steps against).
+    pub fn catalog(&self) -> BTreeMap<String, Vec<String>> {
+        self.connectors
+            .iter()
+            .map(|(n, c)| (n.clone(), c.operations()))
+            .collect()
     }
 
     /// Calls `connector`, turning an unknown connector or operation into a permanent error.

@@ -1,0 +1,1 @@
+//! ESC/POS tickets (being written).

@@ -1,0 +1,1 @@
+//! IPP print jobs (being written).

@@ -1,0 +1,101 @@
+//! What the connector tests share: free loopback ports, the servers installed by
+//! `scripts/test-servers.sh` (called by `scripts/test.sh`), and child processes that are killed
+//! when the test ends, whatever way it ends.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("connectors/ has a parent")
+        .to_path_buf()
+}
+
+/// A program of the test virtual environment (aiosmtpd, Radicale). Fails with the command to
+/// run when it is missing: these tests never skip.
+pub fn venv_program(name: &str) -> PathBuf {
+    let p = repo_root().join("target/test-servers/venv/bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/test-servers.sh` (scripts/test.sh does it)",
+        p.display()
+    );
+    p
+}
+
+/// A program from the system (`ippeveprinter`), with the same message when it is missing.
+pub fn system_program(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed: run `bash scripts/test-servers.sh` (scripts/test.sh does it)");
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        ChildGuard {
+            child,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something accepts connections on `port` (or the process died, or 20 s passed).
+pub fn wait_for_port(guard: &mut ChildGuard, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            panic!("{} exited with {status} before listening on {port}", guard.name);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {port} within 20 s",
+            guard.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The environment of a test: nothing but what it passes.
+pub fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+}
