@@ -43,6 +43,38 @@ fn builders() -> Vec<(&'static str, Builder)> {
     ]
 }
 
+/// The operations of each connector type (a test checks them against the built connectors).
+pub fn type_operations(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "email" => &["send"],
+        "sms" => &["send"],
+        "calendar" => &["publish", "cancel"],
+        "printer" => &["pdf", "print", "ticket"],
+        "fiscal" => &["certify", "refund", "status"],
+        "http" => &["request", "webhook"],
+        _ => return None,
+    })
+}
+
+/// The connectors `text` declares, with their operations, without building them (no secret
+/// needed): what workflow tests and simulations check steps against. Entries that do not
+/// parse are left out; [`load`] reports them.
+pub fn declared(text: &str) -> BTreeMap<String, Vec<String>> {
+    let Ok(section) = serde_yaml_ng::from_str::<Section>(text) else {
+        return BTreeMap::new();
+    };
+    section
+        .connectors
+        .into_iter()
+        .filter(|(name, _)| !RESERVED.contains(&name.as_str()))
+        .filter_map(|(name, v)| {
+            let kind = v.get("type")?.as_str()?;
+            let ops = type_operations(kind)?;
+            Some((name, ops.iter().map(|o| o.to_string()).collect()))
+        })
+        .collect()
+}
+
 /// Names a configured connector may not take: the built-in ones.
 const RESERVED: &[&str] = &["log", "record"];
 

@@ -27,6 +27,7 @@ pub mod printer;
 mod recording;
 pub mod sms;
 pub mod support;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,8 +84,9 @@ pub trait Connector: Send + Sync {
 /// A callback as the server received it.
 #[derive(Debug, Clone)]
 pub struct IncomingReceipt<'a> {
-    /// The full URL the provider called, scheme, host, path and query, as the provider sees it
-    /// (signatures such as Twilio's cover it).
+    /// The URL the provider called (signatures such as Twilio's cover it), as the server
+    /// rebuilds it: scheme from `X-Forwarded-Proto` (default http), host from
+    /// `X-Forwarded-Host` or `Host`, then the path and query as received.
     pub url: &'a str,
     /// Header names in lower case.
     pub headers: &'a [(String, String)],

@@ -62,6 +62,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "get", path: "/api/v1/audit/verify", roles: AUDIT, mutating: false, summary: "Verify the audit trail's hash chain from its first entry" },
     Endpoint { method: "get", path: "/api/v1/openapi.json", roles: &[], mutating: false, summary: "This document" },
     Endpoint { method: "post", path: "/hooks/{name}", roles: &[], mutating: true, summary: "Webhook intake (Standard Webhooks signature)" },
+    Endpoint { method: "post", path: "/receipts/{connector}", roles: &[], mutating: true, summary: "Delivery receipts posted back by a connector's provider (checked by the connector: signature or token)" },
     Endpoint { method: "get", path: "/healthz", roles: &[], mutating: false, summary: "The process is alive" },
     Endpoint { method: "get", path: "/readyz", roles: &[], mutating: false, summary: "The database answers and the engine runs" },
     Endpoint { method: "get", path: "/metrics", roles: &[], mutating: false, summary: "Prometheus metrics" },

@@ -32,6 +32,9 @@ pub struct Config {
     pub hooks: BTreeMap<String, HookConfig>,
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
+    /// The connectors' section, read by `dossier_connectors::config` (not here).
+    #[serde(default)]
+    pub connectors: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -14,7 +14,8 @@ pub mod hooks;
 pub mod metrics;
 pub mod oidc;
 pub mod openapi;
-pub mod webhook;
+pub mod receipts;
+pub use dossier_connectors::webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     api::routes()
         .merge(hooks::routes())
+        .merge(receipts::routes())
         .merge(metrics::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn(body::json_errors))

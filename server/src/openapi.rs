@@ -35,7 +35,7 @@ fn request_body(path: &str, method: &str) -> Option<Value> {
 
 fn parameters(path: &str, method: &str) -> Vec<Value> {
     let mut ps = Vec::new();
-    for name in ["id", "name"] {
+    for name in ["id", "name", "connector"] {
         if path.contains(&format!("{{{name}}}")) {
             ps.push(
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
@@ -114,6 +114,7 @@ fn success(path: &str, method: &str) -> Value {
         ("post", "/api/v1/workflows/validate") => ("200", "the diagnostics (`valid` false when any is an error)", schema_ref("Validation")),
         ("get", "/api/v1/audit") => ("200", "a page of the audit trail", list("AuditEntry")),
         ("get", "/api/v1/audit/verify") => ("200", "whether the chain holds", json!({"type": "object", "properties": {"intact": {"type": "boolean"}, "entries": {"type": "integer"}, "broken_at": {"type": "integer"}, "last_hash": {"type": "string"}}})),
+        ("post", "/receipts/{connector}") => ("202", "recorded in the case's history (200 with `duplicate: true` when the provider repeats it)", json!({"type": "object", "properties": {"instance_id": {"type": "string"}, "status": {"type": "string"}, "duplicate": {"type": "boolean"}}})),
         ("post", "/hooks/{name}") => ("202", "taken (200 with `duplicate: true` for a redelivery of the same webhook-id)", schema_ref("HookAccepted")),
         ("get", "/metrics") => ("200", "Prometheus text format", json!({"type": "string"})),
         _ => ("200", "success", json!({"type": "object"})),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
+use dossier_connectors::support::BuildContext;
 use dossier_connectors::{RecordingConnector, Registry};
 use dossier_core::Event;
 use dossier_model::{Diagnostic, IsoDuration};
@@ -142,15 +143,30 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn connector_catalog(registry: &Registry) -> BTreeMap<String, Vec<String>> {
-    registry
-        .names()
-        .into_iter()
-        .filter_map(|n| registry.get(&n).map(|c| (n.clone(), c.operations())))
-        .collect()
+/// The project's configuration file: `dossier.yaml` at its root, or the file named.
+pub fn config_file(root: &Path, config: Option<&Path>) -> PathBuf {
+    config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("dossier.yaml"))
 }
 
-pub fn registry(journal: Option<PathBuf>) -> anyhow::Result<Registry> {
+/// How the project's configuration file is named in messages: relative to the project.
+fn shown_path(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+/// The built-in connectors, the `record` double when a journal is given (`dossier work
+/// --journal`), and the connectors of the configuration file. Refuses to go on, with every
+/// message, when that file's `connectors:` section has errors (an unknown type, a missing
+/// secret...).
+pub fn registry(
+    root: &Path,
+    config: Option<&Path>,
+    journal: Option<PathBuf>,
+) -> anyhow::Result<Registry> {
     let mut r = Registry::with_builtins();
     if let Some(j) = journal {
         r.register(
@@ -158,7 +174,37 @@ pub fn registry(journal: Option<PathBuf>) -> anyhow::Result<Registry> {
             Arc::new(RecordingConnector::new("record", vec!["send".into()]).with_journal(j)?),
         );
     }
-    Ok(r)
+    let file = config_file(root, config);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(r),
+        Err(e) => bail!("{}: cannot read: {e}", file.display()),
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let ctx = BuildContext {
+        env: &env,
+        base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    dossier_connectors::config::load(&shown_path(root, &file), &text, &ctx, r).map_err(|ds| {
+        print_diagnostics(&ds);
+        anyhow!(
+            "{}: {} error(s) in the `connectors:` section; nothing was started",
+            file.display(),
+            ds.len()
+        )
+    })
+}
+
+/// The connectors workflows may name, with their operations, read without building them (no
+/// secret needed): the built-in ones, `record`, and those `dossier.yaml` declares.
+fn declared_catalog(root: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut c = Registry::with_builtins().catalog();
+    // A `record` connector is configured by `dossier work --journal`: accept it here too.
+    c.insert("record".into(), vec!["send".into()]);
+    if let Ok(text) = std::fs::read_to_string(config_file(root, None)) {
+        c.extend(dossier_connectors::config::declared(&text));
+    }
+    c
 }
 
 fn print_diagnostics(ds: &[Diagnostic]) {
@@ -169,11 +215,14 @@ fn print_diagnostics(ds: &[Diagnostic]) {
 
 /// Loads the project, refusing it (with every message) when it has errors.
 fn load(root: &Path) -> anyhow::Result<Project> {
-    load_with(root, &Registry::with_builtins())
+    refuse_errors(root, Project::load(root, declared_catalog(root)))
 }
 
 pub fn load_with(root: &Path, registry: &Registry) -> anyhow::Result<Project> {
-    let p = Project::load(root, connector_catalog(registry));
+    refuse_errors(root, Project::load(root, registry.catalog()))
+}
+
+fn refuse_errors(root: &Path, p: Project) -> anyhow::Result<Project> {
     if p.has_errors() {
         print_diagnostics(&p.diagnostics);
         let n = p.diagnostics.iter().filter(|d| d.is_error()).count();
@@ -186,8 +235,25 @@ pub fn load_with(root: &Path, registry: &Registry) -> anyhow::Result<Project> {
 }
 
 fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    // A `record` connector is configured by `dossier work --journal`: accept it here too.
-    let project = Project::load(root, connector_catalog(&registry(None)?));
+    let mut project = Project::load(root, declared_catalog(root));
+    // The connectors' configuration is checked as `dossier serve` will build it: types,
+    // settings, and secrets present in this environment.
+    let file = config_file(root, None);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let env = |k: &str| std::env::var(k).ok();
+        let ctx = BuildContext {
+            env: &env,
+            base_dir: root.to_path_buf(),
+        };
+        if let Err(ds) = dossier_connectors::config::load(
+            &shown_path(root, &file),
+            &text,
+            &ctx,
+            Registry::with_builtins(),
+        ) {
+            project.diagnostics.extend(ds);
+        }
+    }
     let filters: Vec<String> = paths
         .iter()
         .filter(|p| p.is_file())
@@ -378,7 +444,7 @@ async fn engine(
     clock: Arc<dyn Clock>,
     workers: bool,
 ) -> anyhow::Result<Engine> {
-    let registry = registry(journal)?;
+    let registry = registry(root, None, journal)?;
     let project = Arc::new(load_with(root, &registry)?);
     let store = crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?;
     let config = EngineConfig {

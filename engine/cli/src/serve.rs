@@ -10,11 +10,6 @@ use dossier_runtime::{Engine, EngineConfig, SystemClock};
 use dossier_server::{auth, AppState, Config};
 use dossier_store::{ApiKeyRecord, AuditEntry, Store};
 
-/// `dossier.yaml` at the project root, or the file named.
-fn config_path(root: &Path, config: Option<PathBuf>) -> PathBuf {
-    config.unwrap_or_else(|| root.join("dossier.yaml"))
-}
-
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
@@ -26,9 +21,9 @@ pub async fn serve(
     config: Option<PathBuf>,
     journal: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let file = config_path(root, config);
+    let file = crate::commands::config_file(root, config.as_deref());
     let mut config = Config::load(&file, &env_var).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registry = crate::commands::registry(journal)?;
+    let registry = crate::commands::registry(root, Some(&file), journal)?;
     // Refuses to start on any invalid file, with the messages of `dossier validate`.
     let project = Arc::new(crate::commands::load_with(root, &registry)?);
     // Hooks named by workflows' triggers exist even when dossier.yaml does not list them; their

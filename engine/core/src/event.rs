@@ -105,6 +105,16 @@ pub enum Event {
         reason: String,
         by: String,
     },
+    /// A provider reported what became of a message an effect sent (an SMS delivery receipt),
+    /// input. Recorded whatever the case's state, even after it ended; changes nothing else.
+    ReceiptReceived {
+        /// The idempotency key of the effect that sent the message.
+        key: String,
+        connector: String,
+        message_id: String,
+        status: String,
+        detail: Value,
+    },
 
     // ---- decisions ----
     StepStarted {
@@ -257,6 +267,7 @@ impl Event {
             Event::TaskDecided { .. } => "task_decided",
             Event::ChildFinished { .. } => "child_finished",
             Event::CancelRequested { .. } => "cancel_requested",
+            Event::ReceiptReceived { .. } => "receipt_received",
             Event::StepStarted { .. } => "step_started",
             Event::CaseInterrupted { .. } => "case_interrupted",
             Event::RuleEvaluated { .. } => "rule_evaluated",
@@ -299,6 +310,7 @@ impl Event {
                 | Event::TaskDecided { .. }
                 | Event::ChildFinished { .. }
                 | Event::CancelRequested { .. }
+                | Event::ReceiptReceived { .. }
         )
     }
 

@@ -364,6 +364,14 @@ impl CaseState {
         input: Event,
         now: DateTime<Utc>,
     ) -> Result<Transition, Rejection> {
+        if let Event::ReceiptReceived { .. } = input {
+            // A receipt is a fact about the outside world, kept in the history as it came,
+            // even for a finished case; nothing in the state depends on it.
+            return Ok(Transition {
+                events: vec![input],
+                actions: Vec::new(),
+            });
+        }
         if self.status != CaseStatus::Running {
             // A finished case takes no input: late results and timers are ignored; a decision
             // or a cancellation is refused.

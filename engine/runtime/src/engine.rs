@@ -340,6 +340,11 @@ impl Engine {
         Ok(Engine { inner })
     }
 
+    /// The connectors effects are performed with.
+    pub fn connectors(&self) -> &Registry {
+        &self.inner.connectors
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
@@ -739,6 +744,28 @@ impl Engine {
         }
         delivery.reached.dedup();
         Ok(delivery)
+    }
+
+    /// Records a provider's delivery receipt on the case whose effect sent the message. A
+    /// receipt the provider sends again (same connector, message and status) is recorded once.
+    pub async fn record_receipt(
+        &self,
+        connector: &str,
+        receipt: dossier_connectors::Receipt,
+    ) -> Result<Applied> {
+        let inbox = InboxKey {
+            scope: format!("receipt:{connector}"),
+            key: format!("{}:{}", receipt.message_id, receipt.status),
+            request_hash: String::new(),
+        };
+        let event = Event::ReceiptReceived {
+            key: receipt.effect_key,
+            connector: connector.to_string(),
+            message_id: receipt.message_id,
+            status: receipt.status,
+            detail: receipt.detail,
+        };
+        self.input_once(&receipt.case_id, event, Some(inbox)).await
     }
 
     /// Applies an input to a case and answers once it is committed.

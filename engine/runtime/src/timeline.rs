@@ -167,6 +167,12 @@ pub fn describe(e: &Event) -> String {
             format!("  step {step} failed (attempt {attempt}{retry}): {error}")
         }
         Event::CancelRequested { reason, by } => format!("cancel requested by {by}: {reason}"),
+        Event::ReceiptReceived {
+            connector,
+            message_id,
+            status,
+            ..
+        } => format!("receipt from {connector}: message {message_id} {status}"),
         Event::CompensationStarted { reason } => format!("compensating: {reason}"),
         Event::Compensated { step } => format!("  compensated {step}"),
         Event::CompensationFailed { step, error } => {
