@@ -22,6 +22,11 @@ if ! (command -v pg_isready >/dev/null && pg_isready -h 127.0.0.1 -p 5432 -q); t
   pg_isready -h 127.0.0.1 -p 5432
 fi
 
+# The servers the connector tests talk to (SMTP, CalDAV, IPP printer): installed here, started
+# and stopped by each test on its own loopback port.
+say "test servers: aiosmtpd, Radicale, ippeveprinter"
+bash scripts/test-servers.sh
+
 say "building"
 cargo build --workspace --all-targets --locked
 

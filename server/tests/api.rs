@@ -903,6 +903,109 @@ async fn cancel_runs_and_ended_cases_refuse(h: Harness) {
     h.stop().await;
 }
 
+// ---- delivery receipts ----
+
+async fn receipts_in_history(h: &Harness, case: &str) -> Vec<Value> {
+    let (s, v) = h
+        .get(&format!("/api/v1/instances/{case}/history"), "auditor")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "receipt_received")
+        .cloned()
+        .collect()
+}
+
+async fn receipts_are_checked_and_recorded(h: Harness) {
+    let case = start(&h, "DA-450").await;
+    h.wait_status(&case, "waiting").await;
+    let receipt = |status: &str| {
+        json!({"case": case, "key": format!("{case}:sms#1"), "id": "SM-1", "status": status})
+            .to_string()
+            .into_bytes()
+    };
+    let post = |path: &'static str, token: &'static str, body: Vec<u8>| {
+        let h = &h;
+        async move {
+            let headers = [("x-token", token), ("host", "dossier.exemple.ci")];
+            h.call("POST", path, None, &headers, Some(body)).await
+        }
+    };
+    // Refused before anything is recorded: an unknown connector, one that takes no receipts,
+    // a caller the connector does not recognise, a body it cannot read, an unknown case.
+    let (s, _, v) = post("/receipts/inconnu", "bon", receipt("delivered")).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_receipt_endpoint")),
+        "{v}"
+    );
+    let (s, _, v) = post("/receipts/log", "bon", receipt("delivered")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _, v) = post("/receipts/sms_test", "mauvais", receipt("delivered")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _, v) = post("/receipts/sms_test", "bon", b"{pas du json".to_vec()).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_receipt")),
+        "{v}"
+    );
+    let ghost = json!({"case": "00000000-0000-0000-0000-000000000000", "key": "k", "id": "SM-9", "status": "delivered"});
+    let (s, _, v) = post("/receipts/sms_test", "bon", ghost.to_string().into_bytes()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(receipts_in_history(&h, &case).await.is_empty());
+
+    // Recorded once, however often the provider repeats it; the URL is rebuilt as called.
+    let (s, _, v) = post("/receipts/sms_test?case=1", "bon", receipt("delivered")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["duplicate"], false);
+    let (s, _, v) = post("/receipts/sms_test?case=1", "bon", receipt("delivered")).await;
+    assert_eq!((s, &v["duplicate"]), (StatusCode::OK, &json!(true)), "{v}");
+    let got = receipts_in_history(&h, &case).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let p = &got[0]["payload"];
+    assert_eq!(p["connector"], "sms_test");
+    assert_eq!(p["message_id"], "SM-1");
+    assert_eq!(p["status"], "delivered");
+    assert_eq!(p["key"], format!("{case}:sms#1"));
+    assert_eq!(
+        p["detail"]["url"],
+        "http://dossier.exemple.ci/receipts/sms_test?case=1"
+    );
+    // The case did not move.
+    let (_, c) = h.get(&format!("/api/v1/instances/{case}"), "auditor").await;
+    assert_eq!(c["status"], "waiting");
+
+    // A receipt arriving after the case ended is still recorded, and the history replays.
+    let (s, _) = h
+        .post(
+            &format!("/api/v1/instances/{case}/cancel"),
+            "admin",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    h.wait_status(&case, "cancelled").await;
+    let (s, _, v) = post("/receipts/sms_test", "bon", receipt("read")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(receipts_in_history(&h, &case).await.len(), 2);
+    let (_, c) = h.get(&format!("/api/v1/instances/{case}"), "auditor").await;
+    assert_eq!(c["status"], "cancelled");
+    let (s, v) = h
+        .post(
+            &format!("/api/v1/instances/{case}/replay"),
+            "auditor",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["chain"]["intact"], true, "{v}");
+    assert_eq!(v["replay"]["identical"], true, "{v}");
+    h.stop().await;
+}
+
 // ---- webhooks ----
 
 async fn webhooks_are_verified_and_deduplicated(h: Harness) {
@@ -1436,6 +1539,7 @@ server_tests!(
     reminders_and_escalation_run_on_durable_timers,
     cancel_runs_and_ended_cases_refuse,
     webhooks_are_verified_and_deduplicated,
+    receipts_are_checked_and_recorded,
     role_matrix,
     audit_trail_replay_and_export,
     workflows_validation_health_and_metrics,

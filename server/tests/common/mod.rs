@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
-use dossier_connectors::Registry;
+use dossier_connectors::{
+    Connector, ConnectorError, EffectRequest, IncomingReceipt, Receipt, ReceiptError, Registry,
+};
 use dossier_runtime::{Clock, Engine, EngineConfig, Project};
 use dossier_server::config::HookConfig;
 use dossier_server::{AppState, Config};
@@ -20,7 +22,7 @@ use dossier_store::sqlite::SqliteStore;
 use dossier_store::{ApiKeyRecord, Store};
 use dossier_testkit::TempPg;
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,40 @@ pub fn config() -> Config {
     c
 }
 
+/// A connector taking delivery receipts: `x-token: bon` authenticates the provider; the body
+/// is `{case, key, id, status}`.
+pub struct ReceiptTaker;
+
+#[async_trait::async_trait]
+impl Connector for ReceiptTaker {
+    fn operations(&self) -> Vec<String> {
+        vec!["send".into()]
+    }
+
+    async fn call(&self, _: &EffectRequest) -> Result<Value, ConnectorError> {
+        Ok(Value::Null)
+    }
+
+    fn receipt(&self, incoming: &IncomingReceipt) -> Option<Result<Receipt, ReceiptError>> {
+        let token = incoming.headers.iter().find(|(k, _)| k == "x-token");
+        if token.map(|(_, v)| v.as_str()) != Some("bon") {
+            return Some(Err(ReceiptError::Unauthorized("bad token".into())));
+        }
+        let v: Value = match serde_json::from_slice(incoming.body) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(ReceiptError::Malformed(e.to_string()))),
+        };
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Some(Ok(Receipt {
+            case_id: s("case"),
+            effect_key: s("key"),
+            message_id: s("id"),
+            status: s("status"),
+            detail: json!({"url": incoming.url, "body": v}),
+        }))
+    }
+}
+
 pub const KEYS: [(&str, &str); 8] = [
     ("admin", "admin"),
     ("analyst", "analyst"),
@@ -106,10 +142,12 @@ impl Harness {
             Project::load_valid(&fixture(), Default::default())
                 .expect("the fixture project is valid"),
         );
+        let mut registry = Registry::with_builtins();
+        registry.register("sms_test", Arc::new(ReceiptTaker));
         let engine = Engine::start(
             store.clone(),
             project,
-            Registry::with_builtins(),
+            registry,
             clock.clone(),
             EngineConfig::default(),
         )
