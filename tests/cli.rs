@@ -82,6 +82,87 @@ fn validate_names_file_line_column_and_hint_and_exits_1() {
     assert!(text(&out).contains("0 error(s)"));
 }
 
+/// A project whose `avis` step calls a connector of `dossier.yaml`.
+fn project_with_crm() -> tempfile::TempDir {
+    let dir = project();
+    write(
+        dir.path(),
+        "workflows/frais_dossier.yaml",
+        &FRAIS.replace(
+            "action: { connector: log }",
+            "action: { connector: crm, operation: webhook }",
+        ),
+    );
+    write(
+        dir.path(),
+        "dossier.yaml",
+        "# Le CRM reçoit les frais calculés.\nconnectors:\n  crm:\n    type: http\n    base_url: https://crm.exemple.ci/api/\n    webhook_secret_env: DOSSIER_TEST_CRM_SECRET\n",
+    );
+    dir
+}
+
+#[test]
+fn validate_checks_the_connectors_of_dossier_yaml_and_their_secrets() {
+    let dir = project_with_crm();
+    // The secret is not in the environment: validate says where and how to fix it; the
+    // workflow's step naming `crm` is accepted (the connector is declared).
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(dir.path())
+        .arg("validate")
+        .env_remove("DOSSIER_TEST_CRM_SECRET")
+        .output()
+        .expect("dossier runs");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("dossier.yaml:6:5: error: connector `crm`: the environment variable `DOSSIER_TEST_CRM_SECRET` is not set"),
+        "{t}"
+    );
+    assert!(t.contains("1 error(s)"), "{t}");
+    // `serve` refuses to start with the same message.
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("DOSSIER_TEST_CRM_SECRET")
+        .output()
+        .expect("dossier runs");
+    let t = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("dossier.yaml:6:5: error: connector `crm`"),
+        "{t}"
+    );
+    // With the secret, validate passes; `dossier test` never needs it.
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(dir.path())
+        .arg("validate")
+        .env(
+            "DOSSIER_TEST_CRM_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .output()
+        .expect("dossier runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // An operation the connector does not have is a workflow error, located in the workflow.
+    write(
+        dir.path(),
+        "workflows/frais_dossier.yaml",
+        &FRAIS.replace(
+            "action: { connector: log }",
+            "action: { connector: crm, operation: envoyer }",
+        ),
+    );
+    let out = dossier(dir.path(), &["validate"]);
+    let t = text(&out);
+    assert!(
+        t.contains("connector `crm` has no operation `envoyer`"),
+        "{t}"
+    );
+}
+
 #[test]
 fn run_graph_and_a_90_day_test_in_virtual_time() {
     let dir = project();
