@@ -167,14 +167,21 @@ pub fn load(
         };
         match build(&name, serde_yaml_ng::Value::Mapping(map), ctx) {
             Ok(c) => registry.register(&name, c),
-            Err(e) => diags.push(
-                Diagnostic::error(
-                    file,
-                    at(&e.field),
-                    format!("connector `{name}`: {}", e.message),
+            Err(e) => {
+                let hint = if e.hint.is_empty() {
+                    format!("the settings of the `{kind}` connector type are described in connectors/docs/{kind}.md")
+                } else {
+                    e.hint
+                };
+                diags.push(
+                    Diagnostic::error(
+                        file,
+                        at(&e.field),
+                        format!("connector `{name}`: {}", e.message),
+                    )
+                    .with_hint(hint),
                 )
-                .with_hint(e.hint),
-            ),
+            }
         }
     }
     if diags.is_empty() {
@@ -218,11 +225,8 @@ pub fn settings<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, B
             .and_then(|rest| rest.split('`').next())
             .unwrap_or_default()
             .to_string();
-        BuildError::new(
-            &field,
-            msg,
-            "see the connector's settings in connectors/README.md",
-        )
+        // The hint names the type's page: `load` fills it in.
+        BuildError::new(&field, msg, "")
     })
 }
 

@@ -226,8 +226,14 @@ async fn an_outgoing_webhook_is_signed_and_keeps_its_id_across_retries() {
         };
         let key = dossier_connectors::webhook::decode_secret(SECRET).unwrap();
         let now = chrono::Utc::now().timestamp();
-        dossier_connectors::webhook::verify(&[key.clone()], &signed, s.body.as_bytes(), now, 300)
-            .expect("the receiver's check passes");
+        dossier_connectors::webhook::verify(
+            std::slice::from_ref(&key),
+            &signed,
+            s.body.as_bytes(),
+            now,
+            300,
+        )
+        .expect("the receiver's check passes");
         // A body changed on the way fails the same check.
         let tampered = s.body.replace("1250000", "1");
         assert!(dossier_connectors::webhook::verify(
@@ -256,7 +262,7 @@ fn configuration_errors_name_the_line() {
     let text: Vec<String> = e.iter().map(|d| d.to_string()).collect();
     expect_test::expect![[r#"
         dossier.yaml:12:5: error: connector `compta`: unknown field `mot_de_passe`, expected one of `base_url`, `headers`, `bearer_token_env`, `basic`, `header_secrets`, `webhook_secret_env`, `timeout_seconds`
-          hint: see the connector's settings in connectors/README.md
+          hint: the settings of the `http` connector type are described in connectors/docs/http.md
         dossier.yaml:4:5: error: connector `crm`: `ftp://crm` is not an http or https URL
           hint: write it as https://host/path
         dossier.yaml:8:5: error: connector `erp`: the environment variable `ERP_TOKEN` is not set

@@ -44,7 +44,9 @@ pub fn system_program(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("`{name}` is not installed: run `bash scripts/test-servers.sh` (scripts/test.sh does it)");
+    panic!(
+        "`{name}` is not installed: run `bash scripts/test-servers.sh` (scripts/test.sh does it)"
+    );
 }
 
 /// A child process killed (and reaped) on drop.
@@ -80,7 +82,10 @@ pub fn wait_for_port(guard: &mut ChildGuard, port: u16) {
             return;
         }
         if let Ok(Some(status)) = guard.child.try_wait() {
-            panic!("{} exited with {status} before listening on {port}", guard.name);
+            panic!(
+                "{} exited with {status} before listening on {port}",
+                guard.name
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -98,4 +103,34 @@ pub fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     move |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+}
+
+/// One request a local stub received (SMS gateways and the fiscal administration have no
+/// public test server: their stubs record what they get, and the tests check it exactly).
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+impl Hit {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(self.body.as_bytes())
+            .into_owned()
+            .collect()
+    }
 }

@@ -235,9 +235,12 @@ fn refuse_errors(root: &Path, p: Project) -> anyhow::Result<Project> {
 }
 
 fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let mut project = Project::load(root, declared_catalog(root));
     // The connectors' configuration is checked as `dossier serve` will build it: types,
-    // settings, and secrets present in this environment.
+    // settings, and secrets present in this environment. When it builds, steps are checked
+    // against the operations each connector really has (a printer without `escpos` has no
+    // `ticket`); when it does not, against the operations its type declares.
+    let mut catalog = declared_catalog(root);
+    let mut config_diags = Vec::new();
     let file = config_file(root, None);
     if let Ok(text) = std::fs::read_to_string(&file) {
         let env = |k: &str| std::env::var(k).ok();
@@ -245,15 +248,20 @@ fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
             env: &env,
             base_dir: root.to_path_buf(),
         };
-        if let Err(ds) = dossier_connectors::config::load(
+        match dossier_connectors::config::load(
             &shown_path(root, &file),
             &text,
             &ctx,
             Registry::with_builtins(),
         ) {
-            project.diagnostics.extend(ds);
+            Ok(built) => {
+                catalog.extend(built.catalog());
+            }
+            Err(ds) => config_diags = ds,
         }
     }
+    let mut project = Project::load(root, catalog);
+    project.diagnostics.extend(config_diags);
     let filters: Vec<String> = paths
         .iter()
         .filter(|p| p.is_file())

@@ -747,7 +747,8 @@ impl Engine {
     }
 
     /// Records a provider's delivery receipt on the case whose effect sent the message. A
-    /// receipt the provider sends again (same connector, message and status) is recorded once.
+    /// receipt the provider sends again (same connector, effect, message and status) is recorded
+    /// once.
     pub async fn record_receipt(
         &self,
         connector: &str,
@@ -755,7 +756,11 @@ impl Engine {
     ) -> Result<Applied> {
         let inbox = InboxKey {
             scope: format!("receipt:{connector}"),
-            key: format!("{}:{}", receipt.message_id, receipt.status),
+            // Some providers (Orange) send no message id: the effect's key tells messages apart.
+            key: format!(
+                "{}|{}|{}",
+                receipt.effect_key, receipt.message_id, receipt.status
+            ),
             request_hash: String::new(),
         };
         let event = Event::ReceiptReceived {
