@@ -36,3 +36,10 @@ cargo test --workspace --locked -- --test-threads 2
 say "the bundled workflows: dossier validate and dossier test"
 ./target/debug/dossier validate
 ./target/debug/dossier test
+
+say "the connectors example: dossier validate (with placeholder secrets) and dossier test"
+DOSSIER_FNE_API_KEY=x DOSSIER_AGENDA_PASSWORD=x DOSSIER_ORANGE_CLIENT_ID=x \
+  DOSSIER_ORANGE_CLIENT_SECRET=x DOSSIER_SMS_RECEIPT_TOKEN=x \
+  DOSSIER_CRM_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw \
+  ./target/debug/dossier --project examples/connecteurs validate
+./target/debug/dossier --project examples/connecteurs test

@@ -3,6 +3,8 @@
 //! when the test ends, whatever way it ends.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -16,12 +18,18 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// The repository's root.
+/// The repository's root: the first folder above this crate holding `scripts/test-servers.sh`
+/// (this module is also used by the end-to-end tests of `engine/cli`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("connectors/ has a parent")
-        .to_path_buf()
+    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    loop {
+        if dir.join("scripts/test-servers.sh").exists() {
+            return dir.to_path_buf();
+        }
+        dir = dir
+            .parent()
+            .expect("the crate is inside the repository that has scripts/test-servers.sh");
+    }
 }
 
 /// A program of the test virtual environment (aiosmtpd, Radicale). Fails with the command to
