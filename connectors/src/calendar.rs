@@ -921,7 +921,7 @@ impl CalendarConnector {
                 .header("content-type", "text/calendar; charset=utf-8")
                 .body(b);
         }
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .map_err(|e| support::transport_error(&service, &e))?;
@@ -931,11 +931,22 @@ impl CalendarConnector {
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .bytes()
+        // Read at most one byte past the largest resource: a server streaming without end
+        // would otherwise fill the memory until the timeout.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
             .map_err(|e| support::transport_error(&service, &e))?
-            .to_vec();
+        {
+            let take = (MAX_RESOURCE + 1)
+                .saturating_sub(body.len())
+                .min(chunk.len());
+            body.extend_from_slice(chunk.get(..take).unwrap_or_default());
+            if body.len() > MAX_RESOURCE {
+                break;
+            }
+        }
         let answer = Answer { status, etag, body };
         if status == 401 || status == 403 {
             let account = match &self.auth {
@@ -1388,6 +1399,55 @@ mod tests {
         assert_eq!(param_value("Awa Koné"), "Awa Koné");
         assert_eq!(param_value("Koné, Awa"), "\"Koné, Awa\"");
         assert_eq!(param_value("Dr: \"Awa\"\nK"), "\"Dr: 'Awa' K\"");
+    }
+
+    #[test]
+    fn step_arguments_cannot_add_properties() {
+        let mut v = visit();
+        v["summary"] = json!("Visite\r\nATTENDEE:mailto:espion@ailleurs.ci");
+        v["location"] = json!("Cocody\nX-INJECTED:1");
+        v["description"] = json!("a\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:autre");
+        v["organizer"]["name"] =
+            json!("Service\r\nX-INJECTED:2;\"CN=x\":mailto:espion@ailleurs.ci");
+        v["attendees"][0]["name"] = json!("Awa\"\r\nX-INJECTED:3");
+        let inv = Invitation::parse(&v).unwrap();
+        let ics = inv.to_ics(Method::Request, stamp());
+        for line in ics.split("\r\n") {
+            assert!(
+                !line.starts_with("X-INJECTED") && !line.starts_with("ATTENDEE:mailto:espion"),
+                "{line:?} in:\n{ics}"
+            );
+        }
+        let cal = parse_ical(&ics);
+        assert_eq!(cal.events.len(), 1);
+        let ev = &cal.events[0];
+        assert_eq!(
+            ev.properties
+                .iter()
+                .filter(|p| p.name == "ATTENDEE")
+                .count(),
+            2
+        );
+        assert_eq!(
+            prop(&ev.properties, "UID"),
+            Some("visite-D-2025-0042@dossier.exemple.ci")
+        );
+        let organizer = ev
+            .properties
+            .iter()
+            .find(|p| p.name == "ORGANIZER")
+            .unwrap();
+        assert_eq!(
+            organizer.value.as_deref(),
+            Some("mailto:technique@exemple.ci")
+        );
+        // An address with a line break or a parameter is refused outright.
+        for bad in ["a@b.ci\r\nX-INJECTED:4", "a@b.ci;RSVP=TRUE", "a@b.ci:x"] {
+            let mut v = visit();
+            v["attendees"][0]["email"] = json!(bad);
+            let e = Invitation::parse(&v).unwrap_err();
+            assert!(e.contains("is not an email address"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

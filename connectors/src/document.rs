@@ -561,7 +561,8 @@ fn char_width(c: char, bold: bool) -> u16 {
 
 /// Width in points of `text` (already through [`pdf_text`]) at `size` points.
 fn text_width(text: &str, bold: bool, size: f32) -> f32 {
-    let units: u32 = text.chars().map(|c| u32::from(char_width(c, bold))).sum();
+    // u64: a u32 sum overflows past about 4.5 million wide characters (a long cell or word).
+    let units: u64 = text.chars().map(|c| u64::from(char_width(c, bold))).sum();
     units as f32 * size / 1000.0
 }
 
@@ -1260,6 +1261,13 @@ mod tests {
         let b = render_pdf(RECU, "Reçu").unwrap();
         assert_eq!(a, b);
         assert_ne!(a, render_pdf(RECU, "Reçu 2").unwrap());
+    }
+
+    #[test]
+    fn very_long_words_do_not_overflow_the_width_sum() {
+        // 5 million `W` (944 units each) overflow a u32 sum of units.
+        let w = text_width(&"W".repeat(5_000_000), true, BODY);
+        assert!((w - 5_000_000.0 * 9.44).abs() < 5_000_000.0 * 0.01, "{w}");
     }
 
     #[test]

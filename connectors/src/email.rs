@@ -14,7 +14,9 @@
 //! One operation, `send` (arguments: `to`, `cc`, `bcc`, `reply_to`, `from`, `subject`, `text`,
 //! `html`, `attachments`; see `connectors/docs/email.md`). Each call opens one SMTP connection,
 //! upgrades it (STARTTLS) or starts it in TLS, authenticates when credentials are configured,
-//! sends the message and quits. The whole exchange is bounded by `timeout_seconds`.
+//! sends the message and quits. The whole exchange is bounded by `timeout_seconds`. With
+//! `tls: none`, credentials are only accepted for a server on this machine (`localhost`,
+//! 127.0.0.0/8): building refuses to send a password in clear text over a network.
 //!
 //! **Idempotency.** The `Message-ID` is derived from the effect's idempotency key
 //! (`<first 32 hex digits of sha256(key)@domain of the sender>`), so a message sent again after
@@ -181,6 +183,14 @@ impl EmailConnector {
                     ))
                 }
             };
+        if credentials.is_some() && c.tls == TlsMode::None && !is_loopback(&host) {
+            // AUTH PLAIN / LOGIN send the password readable by anyone on the way.
+            return Err(BuildError::new(
+                "tls",
+                format!("`tls: none` would send the password in clear text to `{host}`"),
+                "use `tls: starttls` or `tls: tls`; `tls: none` with a password is only for a relay on this machine (localhost)",
+            ));
+        }
         let from = c
             .from
             .as_deref()
@@ -242,6 +252,16 @@ impl EmailConnector {
             timeout,
         })
     }
+}
+
+/// Whether `host` is this machine (what goes there does not cross a network).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 const ADDRESS_HINT: &str = "write an address as name@domain or \"Name <name@domain>\"";
@@ -868,6 +888,17 @@ mod tests {
         assert_eq!(e.field, "host");
         let e = connector("host: x\ntls: none\nca_file: a.pem\n").unwrap_err();
         assert_eq!(e.field, "ca_file");
+        // A password in clear text over the network: refused; to this machine: accepted.
+        let auth = "username: u\npassword_env: SMTP_PASSWORD\n";
+        let e = connector(&format!("host: smtp.exemple.ci\ntls: none\n{auth}")).unwrap_err();
+        assert_eq!(e.field, "tls");
+        assert_eq!(
+            e.message,
+            "`tls: none` would send the password in clear text to `smtp.exemple.ci`"
+        );
+        for local in ["localhost", "127.0.0.1", "127.0.0.53"] {
+            assert!(connector(&format!("host: {local}\ntls: none\n{auth}")).is_ok());
+        }
     }
 
     #[test]
@@ -981,6 +1012,49 @@ mod tests {
               ]
             }"#]]
         .assert_eq(&serde_json::to_string_pretty(&summary).unwrap());
+    }
+
+    #[test]
+    fn step_arguments_cannot_add_headers() {
+        // A line break in a file name is refused.
+        let e = compose_error(json!({"to": "a@b.ci", "subject": "s", "text": "t",
+            "attachments": [{"filename": "a.pdf\r\nX-Injected: 2", "content_base64": "AA==",
+                             "content_type": "application/octet-stream"}]}));
+        assert!(
+            e.contains("`filename` must be a non-empty file name"),
+            "{e}"
+        );
+        // So is one in a media type.
+        let e = compose_error(json!({"to": "a@b.ci", "subject": "s", "text": "t",
+            "attachments": [{"filename": "a.bin", "content_base64": "AA==",
+                             "content_type": "text/plain\r\nBcc: espion@ailleurs.ci"}]}));
+        assert!(e.contains("is not a media type"), "{e}");
+        // A subject's line breaks and a file name's quotes are encoded, not written raw.
+        let c = connector("host: 127.0.0.1\ntls: none\nfrom: relances@exemple.ci\n").unwrap();
+        let (message, _) = c
+            .compose(&effect(json!({
+                "to": "jean@client.ci",
+                "subject": "Relance\r\nBcc: espion@ailleurs.ci\r\nX-Injected: 1",
+                "text": "Bonjour",
+                "attachments": [{"filename": "a\";X-Injected=3.pdf", "content_base64": "AA==",
+                                 "content_type": "application/octet-stream"}],
+            })))
+            .unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        for line in text.split("\r\n") {
+            assert!(
+                !line.starts_with("Bcc:") && !line.starts_with("X-Injected:"),
+                "injected header line {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("filename=\"a\";"), "{text}");
+        let rcpt: Vec<String> = message
+            .envelope()
+            .to()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(rcpt, ["jean@client.ci"]);
     }
 
     #[test]

@@ -33,8 +33,13 @@
 //! (a JSON array of the certifications made under that key, as `sign` answers them). If it is
 //! there, that certification is the result (`already_certified: true`); if the lookup fails in
 //! any way (the DGI's published procedure documents no lookup; an administration without one
-//! answers 404), the error is transient and nothing is signed: after the workflow's retries,
-//! the case goes to its failure path, where someone checks the FNE portal.
+//! answers 404, and one answering several certifications for one key does not filter by it),
+//! the error is transient and nothing is signed: after the workflow's retries, the case goes to
+//! its failure path, where someone checks the FNE portal.
+//!
+//! The engine numbers attempts by retry: an effect handed out again after Dossier stopped
+//! mid-call keeps its attempt number, so a first attempt cut short by a crash is signed again
+//! without a lookup (only the `Idempotency-Key` header can then prevent a second certification).
 //!
 //! Failures: **transient** when the API cannot be reached, does not answer within
 //! `timeout_seconds`, cuts the connection, or answers 408, 425, 429 or 5xx (and the lookup finds
@@ -74,6 +79,14 @@ pub fn build(
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let s: Settings = crate::config::settings(settings)?;
     let api_url = support::parse_url("api_url", &s.api_url)?;
+    if !api_url.username().is_empty() || api_url.password().is_some() {
+        // The URL shows in error messages (which go into the case history).
+        return Err(BuildError::new(
+            "api_url",
+            "the URL carries credentials (user:password@)",
+            "remove them: the API key goes in the variable named by `api_key_env`",
+        ));
+    }
     if api_url.cannot_be_a_base() {
         return Err(BuildError::new(
             "api_url",
@@ -608,14 +621,24 @@ impl FiscalConnector {
                 support::excerpt(&text)
             ));
         };
-        Ok(list
+        let certified: Vec<&Value> = list
             .iter()
-            .find(|c| {
+            .filter(|c| {
                 c.get("reference")
                     .and_then(Value::as_str)
                     .is_some_and(|r| !r.is_empty())
             })
-            .cloned())
+            .collect();
+        // One key signs at most once: several answers mean the filter was not applied (an
+        // API listing every invoice), and taking the first would report another invoice's
+        // certification as this one's.
+        if certified.len() > 1 {
+            return Err(format!(
+                "fne lookup: {} certifications answer one idempotency key; the administration does not seem to filter by `idempotencyKey`, so none can be trusted",
+                certified.len()
+            ));
+        }
+        Ok(certified.first().map(|c| (*c).clone()))
     }
 
     async fn certify(&self, effect: &EffectRequest) -> Result<Value, ConnectorError> {
@@ -684,6 +707,13 @@ impl FiscalConnector {
             return Err(refuse(
                 "fiscal.refund: `invoice_id` is empty: give the FNE id of the certified invoice (`invoice_id` in the certify step's result)".to_string(),
             ));
+        }
+        if matches!(invoice_id, "." | "..") || invoice_id.contains(char::is_control) {
+            // `.` and `..` would be resolved as path segments: another endpoint.
+            return Err(refuse(format!(
+                "fiscal.refund: `invoice_id` is `{}`, which is not an FNE invoice id (`invoice_id` in the certify step's result)",
+                invoice_id.escape_debug()
+            )));
         }
         if args.items.is_empty() {
             return Err(refuse(

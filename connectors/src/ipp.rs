@@ -448,6 +448,11 @@ pub fn http_url(printer_uri: &str) -> Result<url::Url, String> {
             ))
         }
     };
+    if !u.username().is_empty() || u.password().is_some() {
+        // The URI is sent to the printer as `printer-uri`, shown in results and in errors:
+        // it must not hold a secret (and this client sends no HTTP credentials).
+        return Err("the printer URI carries credentials (user:password@): remove them".into());
+    }
     let host = u
         .host()
         .ok_or_else(|| format!("`{printer_uri}` names no host"))?;
@@ -808,5 +813,9 @@ mod tests {
             "http://[::1]:631/ipp/print"
         );
         assert!(u("lpd://x/q").unwrap_err().contains("scheme `lpd`"));
+        // Credentials would be echoed in `printer-uri`, results and errors.
+        let e = u("ipp://admin:s3cret@imprimante.local/ipp/print").unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("s3cret"), "{e}");
+        assert!(u("ipp://admin@imprimante.local/ipp/print").is_err());
     }
 }

@@ -249,7 +249,14 @@ impl PrinterConnector {
             tokio::task::spawn_blocking(move || document::parse(&markup).map(|d| d.to_pdf(&title)))
                 .await
                 .map_err(|e| {
-                    ConnectorError::Transient(format!("{}.{op}: rendering stopped: {e}", self.name))
+                    let msg = format!("{}.{op}: rendering stopped: {e}", self.name);
+                    // A panic comes back on every retry of the same document: permanent. A
+                    // cancelled task (the runtime shutting down) is worth another try.
+                    if e.is_panic() {
+                        ConnectorError::Permanent(msg)
+                    } else {
+                        ConnectorError::Transient(msg)
+                    }
                 })?;
         match result {
             Ok(Ok(pdf)) => Ok(pdf),
@@ -493,6 +500,9 @@ mod tests {
             )
         );
         assert_eq!(e("ipp_url: lpd://x/q\n").0, "ipp_url");
+        let (field, message) = e("ipp_url: ipp://admin:s3cret@x/ipp/print\n");
+        assert_eq!(field, "ipp_url");
+        assert!(!message.contains("s3cret"), "{message}");
         assert_eq!(e("escpos: {host: x, width: 4}\n").0, "escpos.width");
         assert!(e("escpos: {host: x, largeur: 4}\n")
             .1

@@ -73,6 +73,8 @@ const TWILIO_API: &str = "https://api.twilio.com";
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Orange announces 3,600 s; used when a token answer says nothing.
 const DEFAULT_TOKEN_LIFETIME: u64 = 3600;
+/// A token is never kept longer than a day, whatever its endpoint announces.
+const MAX_TOKEN_LIFETIME: u64 = 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +151,7 @@ pub fn build(
     let receipts_url = s
         .receipts_url
         .as_deref()
-        .map(|u| support::parse_url("receipts_url", u))
+        .map(|u| url_without_credentials("receipts_url", u))
         .transpose()?;
     let (provider, others) = match s.provider.as_str() {
         "orange" => (
@@ -209,8 +211,22 @@ fn required<'a>(field: &str, value: &'a Option<String>, hint: &str) -> Result<&'
 }
 
 fn base_url(field: &str, value: Option<&str>, default: &str) -> Result<String, BuildError> {
-    let u = support::parse_url(field, value.unwrap_or(default))?;
+    let u = url_without_credentials(field, value.unwrap_or(default))?;
     Ok(u.as_str().trim_end_matches('/').to_string())
+}
+
+/// A URL of the settings; credentials in it are refused: the URL shows in error messages (the
+/// case history), and secrets go in `*_env` variables.
+fn url_without_credentials(field: &str, text: &str) -> Result<Url, BuildError> {
+    let u = support::parse_url(field, text)?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(BuildError::new(
+            field,
+            format!("`{field}` carries credentials (user:password@)"),
+            "remove them: secrets go in environment variables named by the `*_env` settings",
+        ));
+    }
+    Ok(u)
 }
 
 fn orange(s: &Settings, receipts: bool, ctx: &BuildContext) -> Result<Orange, BuildError> {
@@ -260,7 +276,7 @@ fn orange(s: &Settings, receipts: bool, ctx: &BuildContext) -> Result<Orange, Bu
         (false, None) => None,
     };
     let token_url_text = s.token_url.as_deref().unwrap_or(ORANGE_TOKEN);
-    support::parse_url("token_url", token_url_text)?;
+    url_without_credentials("token_url", token_url_text)?;
     let token_url = TokenUrl::new(token_url_text.to_string()).map_err(|e| {
         BuildError::new(
             "token_url",
@@ -649,11 +665,19 @@ impl Orange {
             .request_async(&TokenHttp(http))
             .await
             .map_err(token_error)?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
+        let lifetime = Duration::from_secs(
+            answer
+                .expires_in
+                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+                .min(MAX_TOKEN_LIFETIME),
+        );
         let value = answer.access_token.secret().clone();
         *cached = Some(CachedToken {
             value: value.clone(),
-            fresh_until: started + lifetime.saturating_sub(TOKEN_MARGIN),
+            // `Instant + Duration` panics on overflow: the lifetime is the server's to choose.
+            fresh_until: started
+                .checked_add(lifetime.saturating_sub(TOKEN_MARGIN))
+                .unwrap_or(started),
         });
         Ok(value)
     }

@@ -703,6 +703,55 @@ async fn transient_and_permanent_answers() {
 }
 
 #[tokio::test]
+async fn an_endless_answer_is_cut_short() {
+    // A server that answers the GET with a body that never ends (bounded here to 10 s and
+    // 640 MB, so the test stops whatever happens).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Type: text/calendar\r\nConnection: close\r\n\r\n",
+        );
+        let chunk = vec![b'X'; 64 * 1024];
+        for _ in 0..10_000 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+    let reg = agenda(&format!("http://127.0.0.1:{port}/c/"), PASSWORD);
+    let started = std::time::Instant::now();
+    let e = reg
+        .call(
+            "agenda",
+            &effect(
+                "cancel",
+                1,
+                visit("2025-03-14T09:30:00+00:00", "2025-03-14T10:30:00+00:00"),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("malformed answer: the resource is larger than 1048576 bytes"),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}
+
+#[tokio::test]
 async fn a_silent_server_times_out() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

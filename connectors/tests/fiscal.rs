@@ -39,6 +39,8 @@ struct Fne {
     /// How the next sign requests are answered, first first; then `Certify`.
     plan: Vec<Sign>,
     lookup_broken: bool,
+    /// The lookup ignores its filter and lists every certification.
+    lookup_unfiltered: bool,
 }
 
 struct Stub {
@@ -203,6 +205,9 @@ fn respond(fne: &mut Fne, hit: Hit) -> (u16, String, Duration) {
                     .map(|(_, v)| v.clone())
             };
             let found: Vec<Value> = match (by("idempotencyKey"), by("reference")) {
+                _ if fne.lookup_unfiltered => {
+                    fne.certified.iter().map(|(_, a)| a.clone()).collect()
+                }
                 (Some(k), None) => fne
                     .certified
                     .iter()
@@ -514,6 +519,28 @@ async fn a_failing_lookup_is_transient_and_signs_nothing() {
 }
 
 #[tokio::test]
+async fn a_lookup_that_does_not_filter_is_not_trusted() {
+    let stub = Stub::start(vec![]).await;
+    let conn = fne(&stub.base);
+    for key in ["case-1:certifier#1", "case-2:certifier#1"] {
+        let mut e = effect("certify", 1, b2c());
+        e.idempotency_key = key.into();
+        conn.call(&e).await.unwrap();
+    }
+    stub.state.lock().unwrap().lookup_unfiltered = true;
+    // A retry of a third effect: the lookup lists both others' certifications.
+    let e = conn.call(&effect("certify", 2, b2c())).await.unwrap_err();
+    assert_eq!(
+        e,
+        ConnectorError::Transient(
+            "fne: before signing again, looking up the earlier attempt failed: fne lookup: 2 certifications answer one idempotency key; the administration does not seem to filter by `idempotencyKey`, so none can be trusted".into()
+        )
+    );
+    assert_eq!(stub.certifications(), 2, "nothing signed");
+    assert_eq!(stub.calls().last().unwrap().0, "GET");
+}
+
+#[tokio::test]
 async fn refusals_and_garbled_answers_are_permanent() {
     let stub = Stub::start(vec![Sign::Refuse400, Sign::Garbled]).await;
     let conn = fne(&stub.base);
@@ -635,6 +662,23 @@ async fn refunds_a_certified_invoice() {
             .unwrap_err();
         assert!(!e.is_transient() && e.to_string().contains(expected), "{e}");
     }
+    // `..` would be resolved as a path segment (POST /external/invoices/refund).
+    for id in ["..", "."] {
+        let e = conn
+            .call(&effect(
+                "refund",
+                1,
+                json!({"invoice_id": id, "items": [{"id": "item-1-1", "quantity": 1}]}),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ConnectorError::Permanent(format!(
+                "fiscal.refund: `invoice_id` is `{id}`, which is not an FNE invoice id (`invoice_id` in the certify step's result)"
+            ))
+        );
+    }
     assert_eq!(stub.hits().len(), before);
 
     // An unknown invoice: the administration's 404 is permanent.
@@ -717,6 +761,15 @@ fn configuration_errors_are_located() {
         e.starts_with("dossier.yaml:5:5: error: connector `fne`: unknown field `api_key`"),
         "{e}"
     );
+
+    let e = try_build(
+        "connectors:\n  fne:\n    type: fiscal\n    api_url: http://user:s3cret@127.0.0.1:1/ws\n    api_key_env: FNE_API_KEY\n    point_of_sale: CAISSE_1\n    establishment: SIEGE\n",
+    )
+    .unwrap_err();
+    expect_test::expect![[r#"
+        dossier.yaml:4:5: error: connector `fne`: the URL carries credentials (user:password@)
+          hint: remove them: the API key goes in the variable named by `api_key_env`"#]]
+    .assert_eq(&e);
 
     let e = try_build(
         "connectors:\n  fne:\n    type: fiscal\n    api_url: fne.dgi.gouv.ci\n    api_key_env: FNE_API_KEY\n    point_of_sale: CAISSE_1\n    establishment: SIEGE\n",

@@ -330,6 +330,21 @@ async fn orange_takes_a_new_token_when_the_old_one_expires() {
 }
 
 #[tokio::test]
+async fn an_absurd_token_lifetime_is_capped_not_a_panic() {
+    // `Instant + u64::MAX seconds` overflows: the connector must not trust the number.
+    for expires_in in [json!(u64::MAX), json!(u64::MAX.to_string())] {
+        let stub = Stub::start(orange_responder(expires_in, Duration::ZERO, |_| 201)).await;
+        let sms = orange(&stub.base, "");
+        for body in ["un", "deux"] {
+            let r = sms.call(&send(KEY, "+2250701020304", body)).await.unwrap();
+            assert_eq!(r["status"], "queued");
+        }
+        assert_eq!(stub.count(TOKEN_PATH), 1);
+        assert_eq!(stub.count(SEND_PATH), 2);
+    }
+}
+
+#[tokio::test]
 async fn orange_refreshes_once_on_401() {
     let stub = Stub::start(orange_responder(json!("3600"), Duration::ZERO, |h| {
         if h.header("authorization") == "Bearer tok-1" {
@@ -906,6 +921,15 @@ fn configuration_errors_are_located() {
     expect_test::expect![[r#"
         dossier.yaml:7:5: error: connector `sms`: `0700000000` is not a sender address
           hint: write it as tel: then the number with its country code: tel:+2250700000000"#]]
+    .assert_eq(&e);
+
+    let e = try_build(
+        "connectors:\n  sms:\n    type: sms\n    provider: twilio\n    account_sid: AC0123\n    auth_token_env: TWILIO_TOKEN\n    from: \"+15005550006\"\n    receipts_url: https://twilio:s3cret@dossier.exemple.ci/receipts/sms\n",
+    )
+    .unwrap_err();
+    expect_test::expect![[r#"
+        dossier.yaml:8:5: error: connector `sms`: `receipts_url` carries credentials (user:password@)
+          hint: remove them: secrets go in environment variables named by the `*_env` settings"#]]
     .assert_eq(&e);
 
     let e = try_build(
