@@ -809,13 +809,6 @@ pub fn build(
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let cfg: Config = crate::config::settings(settings)?;
     let mut collection = support::parse_url("url", &cfg.url)?;
-    if !collection.username().is_empty() || collection.password().is_some() {
-        return Err(BuildError::new(
-            "url",
-            "the URL carries credentials",
-            "write the user in `username` and name the variable holding the password in `password_env`",
-        ));
-    }
     if collection.query().is_some() || collection.fragment().is_some() {
         return Err(BuildError::new(
             "url",
@@ -858,7 +851,7 @@ pub fn build(
         name: name.to_string(),
         collection,
         auth,
-        client: support::http_client(timeout),
+        client: support::http_client(timeout)?,
     }))
 }
 
@@ -1645,7 +1638,7 @@ mod tests {
             username: `username` is set without `password_env` / add `password_env:` with the name of the environment variable holding the password
             password_env: `password_env` is set without `username` / add `username:` (the CalDAV account)
             password_env: the environment variable `NOPE` is not set / export NOPE=… before starting Dossier; secrets never go in this file
-            url: the URL carries credentials / write the user in `username` and name the variable holding the password in `password_env`
+            url: the URL carries credentials (user:password@) / remove them: secrets go in environment variables named by the `*_env` settings
             url: `ftp://127.0.0.1/x/` is not an http or https URL / write it as https://host/path
             timeout_seconds: `timeout_seconds` must be at least 1 / give the seconds to wait for the server, such as 20
             pasword_env: unknown field `pasword_env`, expected one of `url`, `username`, `password_env`, `timeout_seconds` / "#]]

@@ -805,6 +805,7 @@ mod tests {
             operation: "send".into(),
             request,
             attempt: 1,
+            redelivered: false,
         }
     }
 

@@ -37,9 +37,9 @@
 //! the error is transient and nothing is signed: after the workflow's retries, the case goes to
 //! its failure path, where someone checks the FNE portal.
 //!
-//! The engine numbers attempts by retry: an effect handed out again after Dossier stopped
-//! mid-call keeps its attempt number, so a first attempt cut short by a crash is signed again
-//! without a lookup (only the `Idempotency-Key` header can then prevent a second certification).
+//! An effect the engine hands out again after a restart (or a result lost with a failed batch)
+//! keeps its attempt number but comes `redelivered`: it is looked up first too, so a first
+//! attempt cut short by a crash is never signed a second time.
 //!
 //! Failures: **transient** when the API cannot be reached, does not answer within
 //! `timeout_seconds`, cuts the connection, or answers 408, 425, 429 or 5xx (and the lookup finds
@@ -79,14 +79,6 @@ pub fn build(
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let s: Settings = crate::config::settings(settings)?;
     let api_url = support::parse_url("api_url", &s.api_url)?;
-    if !api_url.username().is_empty() || api_url.password().is_some() {
-        // The URL shows in error messages (which go into the case history).
-        return Err(BuildError::new(
-            "api_url",
-            "the URL carries credentials (user:password@)",
-            "remove them: the API key goes in the variable named by `api_key_env`",
-        ));
-    }
     if api_url.cannot_be_a_base() {
         return Err(BuildError::new(
             "api_url",
@@ -120,7 +112,7 @@ pub fn build(
     let api_key = ctx.secret("api_key_env", &s.api_key_env)?;
     Ok(Arc::new(FiscalConnector {
         name: name.to_string(),
-        http: support::http_client(timeout),
+        http: support::http_client(timeout)?,
         api_url,
         api_key,
         point_of_sale: s.point_of_sale,
@@ -531,7 +523,7 @@ impl FiscalConnector {
         url: Url,
         body: &Value,
     ) -> Result<(Value, bool), ConnectorError> {
-        if effect.attempt > 1 {
+        if effect.attempt > 1 || effect.redelivered {
             match self.lookup(effect).await {
                 Ok(Some(found)) => return Ok((found, true)),
                 Ok(None) => {}
@@ -883,7 +875,7 @@ mod tests {
     fn connector() -> FiscalConnector {
         FiscalConnector {
             name: "fne".into(),
-            http: support::http_client(Duration::from_secs(1)),
+            http: support::http_client(Duration::from_secs(1)).expect("an HTTP client"),
             api_url: Url::parse("http://127.0.0.1:9/ws").unwrap(),
             api_key: "k".into(),
             point_of_sale: "CAISSE_1".into(),

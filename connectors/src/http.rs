@@ -150,7 +150,7 @@ pub fn build(
         base,
         headers,
         webhook_key,
-        client: support::http_client(timeout),
+        client: support::http_client(timeout)?,
     }))
 }
 

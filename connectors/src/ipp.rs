@@ -483,7 +483,7 @@ impl Client {
     /// `printer_uri` as `ipp://host:631/printers/NAME`; `user` is sent as requesting-user-name.
     pub fn new(printer_uri: &str, user: &str, timeout: Duration) -> Result<Client, String> {
         Ok(Client {
-            http: support::http_client(timeout),
+            http: support::http_client(timeout).map_err(|e| e.message)?,
             url: http_url(printer_uri)?,
             printer_uri: printer_uri.to_string(),
             user: user.to_string(),

@@ -50,6 +50,11 @@ pub struct EffectRequest {
     pub request: Value,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The engine hands this effect out again without knowing what became of an earlier call
+    /// with the same key and attempt (a restart, a result lost with a failed batch): that call
+    /// may have been performed. A connector whose server cannot deduplicate on the key looks
+    /// before acting again, as it does for `attempt > 1`.
+    pub redelivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -191,6 +191,7 @@ mod tests {
             operation: "send".into(),
             request: json!({"to": "+2250700000000"}),
             attempt: 1,
+            redelivered: false,
         }
     }
 

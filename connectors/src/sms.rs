@@ -151,7 +151,7 @@ pub fn build(
     let receipts_url = s
         .receipts_url
         .as_deref()
-        .map(|u| url_without_credentials("receipts_url", u))
+        .map(|u| support::parse_url("receipts_url", u))
         .transpose()?;
     let (provider, others) = match s.provider.as_str() {
         "orange" => (
@@ -211,22 +211,8 @@ fn required<'a>(field: &str, value: &'a Option<String>, hint: &str) -> Result<&'
 }
 
 fn base_url(field: &str, value: Option<&str>, default: &str) -> Result<String, BuildError> {
-    let u = url_without_credentials(field, value.unwrap_or(default))?;
+    let u = support::parse_url(field, value.unwrap_or(default))?;
     Ok(u.as_str().trim_end_matches('/').to_string())
-}
-
-/// A URL of the settings; credentials in it are refused: the URL shows in error messages (the
-/// case history), and secrets go in `*_env` variables.
-fn url_without_credentials(field: &str, text: &str) -> Result<Url, BuildError> {
-    let u = support::parse_url(field, text)?;
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(BuildError::new(
-            field,
-            format!("`{field}` carries credentials (user:password@)"),
-            "remove them: secrets go in environment variables named by the `*_env` settings",
-        ));
-    }
-    Ok(u)
 }
 
 fn orange(s: &Settings, receipts: bool, ctx: &BuildContext) -> Result<Orange, BuildError> {
@@ -276,7 +262,7 @@ fn orange(s: &Settings, receipts: bool, ctx: &BuildContext) -> Result<Orange, Bu
         (false, None) => None,
     };
     let token_url_text = s.token_url.as_deref().unwrap_or(ORANGE_TOKEN);
-    url_without_credentials("token_url", token_url_text)?;
+    support::parse_url("token_url", token_url_text)?;
     let token_url = TokenUrl::new(token_url_text.to_string()).map_err(|e| {
         BuildError::new(
             "token_url",

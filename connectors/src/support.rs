@@ -84,7 +84,8 @@ impl BuildContext<'_> {
     }
 }
 
-/// Checks an `http(s)://` URL of the configuration.
+/// Checks an `http(s)://` URL of the configuration. A URL carrying credentials
+/// (`user:password@`) is refused: URLs show in error messages, which go into case histories.
 pub fn parse_url(field: &str, text: &str) -> Result<url::Url, BuildError> {
     let u = url::Url::parse(text).map_err(|e| {
         BuildError::new(
@@ -100,17 +101,30 @@ pub fn parse_url(field: &str, text: &str) -> Result<url::Url, BuildError> {
             "write it as https://host/path",
         ));
     }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(BuildError::new(
+            field,
+            "the URL carries credentials (user:password@)",
+            "remove them: secrets go in environment variables named by the `*_env` settings",
+        ));
+    }
     Ok(u)
 }
 
 /// An HTTP client that gives up after `timeout` (connection included).
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("Dossier/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|e| {
+            BuildError::new(
+                "",
+                format!("cannot set up the HTTP client: {e}"),
+                "this is a problem of the machine's TLS setup",
+            )
+        })
 }
 
 /// A request that did not get an answer: unreachable, refused, timed out, cut off. Worth
@@ -118,6 +132,10 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 pub fn transport_error(service: &str, e: &reqwest::Error) -> ConnectorError {
     if e.is_decode() {
         return ConnectorError::Permanent(format!("{service}: malformed answer: {e}"));
+    }
+    if e.is_builder() {
+        // The request itself cannot be made (a header value it cannot carry): the same again.
+        return ConnectorError::Permanent(format!("{service}: cannot build the request: {e}"));
     }
     let what = if e.is_timeout() {
         "no answer in time"

@@ -93,6 +93,7 @@ fn effect(operation: &str, n: u32, invitation: Value) -> EffectRequest {
         operation: operation.into(),
         request: json!({ "invitation": invitation }),
         attempt: 1,
+        redelivered: false,
     }
 }
 

@@ -164,6 +164,7 @@ fn effect(key: &str, request: Value) -> EffectRequest {
         operation: "send".into(),
         request,
         attempt: 1,
+        redelivered: false,
     }
 }
 

@@ -288,6 +288,7 @@ fn effect(operation: &str, attempt: u32, request: Value) -> EffectRequest {
         operation: operation.to_string(),
         request,
         attempt,
+        redelivered: false,
     }
 }
 
@@ -430,6 +431,36 @@ async fn a_500_after_certifying_returns_that_certification_and_never_signs_twice
     assert_eq!(stub.certifications(), 1);
     assert_eq!(stub.calls().len(), 3);
     assert_eq!(stub.calls()[2].0, "GET");
+}
+
+#[tokio::test]
+async fn a_first_attempt_redelivered_after_a_crash_looks_up_before_signing() {
+    // Dossier stopped while the first attempt was in flight, after the FNE had certified it:
+    // the engine hands the effect out again with the same attempt number, marked redelivered.
+    let stub = Stub::start(vec![Sign::Certify]).await;
+    let conn = fne(&stub.base);
+    let first = conn.call(&effect("certify", 1, b2c())).await.unwrap();
+    assert_eq!(first["already_certified"], false);
+    let mut again = effect("certify", 1, b2c());
+    again.redelivered = true;
+    let r = conn.call(&again).await.unwrap();
+    assert_eq!(r["reference"], first["reference"]);
+    assert_eq!(r["already_certified"], true);
+    assert_eq!(stub.certifications(), 1);
+    assert_eq!(
+        stub.calls(),
+        [
+            ("POST".to_string(), "/ws/external/invoices/sign".to_string()),
+            ("GET".to_string(), "/ws/external/invoices".to_string()),
+        ]
+    );
+    // Redelivered, with nothing certified before: the lookup finds nothing, then it signs once.
+    let stub = Stub::start(vec![Sign::Certify]).await;
+    let conn = fne(&stub.base);
+    let r = conn.call(&again).await.unwrap();
+    assert_eq!(r["already_certified"], false);
+    assert_eq!(stub.certifications(), 1);
+    assert_eq!(stub.calls()[0].0, "GET");
 }
 
 #[tokio::test]
@@ -768,7 +799,7 @@ fn configuration_errors_are_located() {
     .unwrap_err();
     expect_test::expect![[r#"
         dossier.yaml:4:5: error: connector `fne`: the URL carries credentials (user:password@)
-          hint: remove them: the API key goes in the variable named by `api_key_env`"#]]
+          hint: remove them: secrets go in environment variables named by the `*_env` settings"#]]
     .assert_eq(&e);
 
     let e = try_build(

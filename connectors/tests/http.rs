@@ -92,6 +92,7 @@ fn effect(operation: &str, request: Value) -> EffectRequest {
         operation: operation.into(),
         request,
         attempt: 1,
+        redelivered: false,
     }
 }
 

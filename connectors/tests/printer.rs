@@ -107,6 +107,7 @@ fn effect(key: &str, operation: &str, request: Value) -> EffectRequest {
         operation: operation.into(),
         request,
         attempt: 1,
+        redelivered: false,
     }
 }
 

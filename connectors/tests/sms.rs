@@ -150,6 +150,7 @@ fn send(key: &str, to: &str, body: &str) -> EffectRequest {
         operation: "send".to_string(),
         request: json!({"to": to, "body": body}),
         attempt: 1,
+        redelivered: false,
     }
 }
 
@@ -928,7 +929,7 @@ fn configuration_errors_are_located() {
     )
     .unwrap_err();
     expect_test::expect![[r#"
-        dossier.yaml:8:5: error: connector `sms`: `receipts_url` carries credentials (user:password@)
+        dossier.yaml:8:5: error: connector `sms`: the URL carries credentials (user:password@)
           hint: remove them: secrets go in environment variables named by the `*_env` settings"#]]
     .assert_eq(&e);
 

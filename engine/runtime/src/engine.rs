@@ -1258,7 +1258,8 @@ async fn recover(inner: &Arc<Inner>, stale_before: Option<i64>) -> Result<()> {
             match rebuild(inner, &rec.id).await {
                 Ok(Some(c)) => {
                     for a in c.state.pending_effects() {
-                        if let Some(job) = EffectJob::from_action(&rec.id, &a) {
+                        if let Some(mut job) = EffectJob::from_action(&rec.id, &a) {
+                            job.redelivered = true;
                             dispatch_effect(inner, job);
                         }
                     }
@@ -1773,6 +1774,8 @@ struct EffectJob {
     request: Value,
     attempt: u32,
     timeout_ms: Option<u64>,
+    /// Handed out again by recovery: an earlier call may have been performed.
+    redelivered: bool,
 }
 
 impl EffectJob {
@@ -1795,6 +1798,7 @@ impl EffectJob {
                 request: request.clone(),
                 attempt: *attempt,
                 timeout_ms: *timeout_ms,
+                redelivered: false,
             }),
             _ => None,
         }
@@ -1811,6 +1815,7 @@ fn effect_job(e: &EffectRecord) -> EffectJob {
         request: serde_json::from_str(&e.request).unwrap_or(Value::Null),
         attempt: e.attempt.max(1) as u32,
         timeout_ms: e.timeout_ms.map(|t| t.max(0) as u64),
+        redelivered: false,
     }
 }
 
@@ -1895,6 +1900,7 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             operation: job.operation.clone(),
             request: job.request.clone(),
             attempt: job.attempt,
+            redelivered: job.redelivered,
         };
         let started = std::time::Instant::now();
         let call = inner.connectors.call(&job.connector, &req);

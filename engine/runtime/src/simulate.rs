@@ -255,6 +255,7 @@ impl<'p> Simulation<'p> {
                         operation,
                         request,
                         attempt,
+                        redelivered: false,
                     };
                     let result = double.call(&effect).await;
                     if let Some(last) = double.calls().last() {

@@ -367,6 +367,7 @@ impl Connector for Hanging {
         vec!["send".into()]
     }
     async fn call(&self, effect: &EffectRequest) -> Result<Value, ConnectorError> {
+        assert!(!effect.redelivered, "a first hand-out is not a redelivery");
         self.keys
             .lock()
             .unwrap()
@@ -1035,6 +1036,9 @@ fn restart_while_an_effect_is_in_flight(db: &Db) {
         let calls = sms.calls();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].effect.idempotency_key, key);
+        // The connector is told the first call may have been performed.
+        assert!(calls[0].effect.redelivered);
+        assert_eq!(calls[0].effect.attempt, 1);
         let events = history(&engine, &case_id).await;
         let requested: Vec<&str> = events
             .iter()
