@@ -190,30 +190,44 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
     );
     let _ = writeln!(
         out,
-        "# HELP dossier_effects_total Connector calls by result.\n# TYPE dossier_effects_total counter\ndossier_effects_total{{result=\"ok\"}} {}\ndossier_effects_total{{result=\"failed\"}} {}",
-        m.effects_ok, m.effects_failed
+        "# HELP dossier_effects_total Connector calls by connector and result (ok, transient: retried, permanent: to the step's on_error).\n# TYPE dossier_effects_total counter"
     );
-    let _ = writeln!(
-        out,
-        "# HELP dossier_effect_latency_seconds Connector call latency.\n# TYPE dossier_effect_latency_seconds histogram"
-    );
-    let mut total = 0;
-    for (bound, n) in &m.effect_latency_buckets {
-        let le = bound
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "+Inf".into());
-        let _ = writeln!(
-            out,
-            "dossier_effect_latency_seconds_bucket{{le=\"{le}\"}} {n}"
-        );
-        total = *n;
+    for c in &m.connectors {
+        let name = escape(&c.connector);
+        for (result, n) in [("ok", c.ok), ("transient", c.transient), ("permanent", c.permanent)] {
+            let _ = writeln!(
+                out,
+                "dossier_effects_total{{connector=\"{name}\",result=\"{result}\"}} {n}"
+            );
+        }
     }
     let _ = writeln!(
         out,
-        "dossier_effect_latency_seconds_sum {}",
-        m.effect_latency_sum_seconds
+        "# HELP dossier_effect_latency_seconds Connector call latency, by connector.\n# TYPE dossier_effect_latency_seconds histogram"
     );
-    let _ = writeln!(out, "dossier_effect_latency_seconds_count {total}");
+    for c in &m.connectors {
+        let name = escape(&c.connector);
+        let mut total = 0;
+        for (bound, n) in &c.latency_buckets {
+            let le = bound
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "dossier_effect_latency_seconds_bucket{{connector=\"{name}\",le=\"{le}\"}} {n}"
+            );
+            total = *n;
+        }
+        let _ = writeln!(
+            out,
+            "dossier_effect_latency_seconds_sum{{connector=\"{name}\"}} {}",
+            c.latency_sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "dossier_effect_latency_seconds_count{{connector=\"{name}\"}} {total}"
+        );
+    }
 
     let _ = writeln!(out, "# HELP dossier_tasks Human tasks by status (the backlog is open + claimed + awaiting_second).\n# TYPE dossier_tasks gauge");
     let mut tasks = store.count_tasks_by_status().await?;

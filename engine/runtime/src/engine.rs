@@ -1914,7 +1914,14 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             None => call.await,
         };
         drop(permit);
-        inner.metrics.effect_done(result.is_ok(), started.elapsed());
+        let outcome = match &result {
+            Ok(_) => crate::metrics::CallOutcome::Ok,
+            Err(e) if e.is_transient() => crate::metrics::CallOutcome::Transient,
+            Err(_) => crate::metrics::CallOutcome::Permanent,
+        };
+        inner
+            .metrics
+            .effect_done(&job.connector, outcome, started.elapsed());
         let event = match result {
             Ok(v) => Event::EffectCompleted {
                 key: key.clone(),
