@@ -210,6 +210,13 @@ pub enum Event {
     TaskReminded {
         task: String,
     },
+    /// A task's `on_reminder` / `on_overdue` call could not be prepared (an expression or a
+    /// template failed); the case goes on without it.
+    TaskNoticeFailed {
+        task: String,
+        notice: String,
+        error: String,
+    },
     TaskOverdue {
         task: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +291,7 @@ impl Event {
             Event::TaskDecisionsDiffer { .. } => "task_decisions_differ",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskReminded { .. } => "task_reminded",
+            Event::TaskNoticeFailed { .. } => "task_notice_failed",
             Event::TaskOverdue { .. } => "task_overdue",
             Event::TaskCancelled { .. } => "task_cancelled",
             Event::ChildStarted { .. } => "child_started",

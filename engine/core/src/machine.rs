@@ -181,6 +181,10 @@ enum Pending {
         /// The action that performs it, kept so that a rebuilt state can hand it out again.
         action: Box<Action>,
     },
+    /// A task's `on_reminder` / `on_overdue` call: its answer moves nothing.
+    Notice {
+        action: Box<Action>,
+    },
     Timer {
         thread: u32,
         purpose: TimerPurpose,
@@ -204,6 +208,22 @@ enum Pending {
     Interrupt {
         index: usize,
     },
+}
+
+/// Which of a task's notices.
+#[derive(Debug, Clone, Copy)]
+enum Notice {
+    Reminder,
+    Overdue,
+}
+
+impl Notice {
+    fn name(self) -> &'static str {
+        match self {
+            Notice::Reminder => "on_reminder",
+            Notice::Overdue => "on_overdue",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +411,15 @@ impl CaseState {
             steps_run: 0,
         };
         match input {
+            Event::EffectCompleted { ref key, .. } | Event::EffectFailed { ref key, .. }
+                if matches!(self.pending.get(key), Some(Pending::Notice { .. })) =>
+            {
+                // A task's notice answered: recorded, nothing moves (a failure is not retried).
+                let key = key.clone();
+                self.pending.remove(&key);
+                tx.emit(input);
+                tx.act(Action::EffectSettled { key });
+            }
             Event::EffectCompleted {
                 ref key,
                 ref result,
@@ -653,7 +682,7 @@ impl CaseState {
         let busy = self
             .pending
             .values()
-            .any(|p| matches!(p, Pending::Effect { .. }))
+            .any(|p| matches!(p, Pending::Effect { .. } | Pending::Notice { .. }))
             || self.threads.values().any(|t| t.state == ThreadState::Ready);
         if busy {
             "running"
@@ -668,7 +697,9 @@ impl CaseState {
         self.pending
             .values()
             .filter_map(|p| match p {
-                Pending::Effect { action, .. } => Some((**action).clone()),
+                Pending::Effect { action, .. } | Pending::Notice { action } => {
+                    Some((**action).clone())
+                }
                 _ => None,
             })
             .collect()
@@ -1034,7 +1065,7 @@ impl CaseState {
                     });
                 }
                 // An effect already handed to a worker cannot be recalled; its result is ignored.
-                Pending::Effect { .. } => {}
+                Pending::Effect { .. } | Pending::Notice { .. } => {}
                 // A sub-workflow case still running is cancelled too (its own compensations run).
                 Pending::Child { .. } => tx.act(Action::CancelChild { child: id }),
             }
@@ -1368,7 +1399,8 @@ impl CaseState {
             TimerPurpose::TaskReminder => {
                 self.pending.remove(timer);
                 if let Some(task) = task {
-                    tx.emit(Event::TaskReminded { task });
+                    tx.emit(Event::TaskReminded { task: task.clone() });
+                    self.send_notice(tx, thread, &task, Notice::Reminder);
                 }
             }
             TimerPurpose::TaskDue => {
@@ -1386,6 +1418,7 @@ impl CaseState {
                     task: task.clone(),
                     escalated_to: escalate.clone(),
                 });
+                self.send_notice(tx, thread, &task, Notice::Overdue);
                 if let Some(role) = escalate {
                     // Only the role changes: a four-eyes task keeps its first decision.
                     let first = match self.pending.get(&task) {
@@ -1412,6 +1445,69 @@ impl CaseState {
                 }
             }
         }
+    }
+
+    /// Calls the task's `on_reminder` or `on_overdue` connector, if it has one. Preparing the
+    /// call (expressions, templates) may fail: that is recorded and the case goes on.
+    fn send_notice(&mut self, tx: &mut Tx, thread: u32, task: &str, which: Notice) {
+        let prog = tx.prog;
+        let node_id = self.current_node(prog, thread);
+        let step = &prog.node(node_id).step;
+        let Some(spec) = step.task.as_ref().and_then(|t| match which {
+            Notice::Reminder => t.on_reminder.as_ref(),
+            Notice::Overdue => t.on_overdue.as_ref(),
+        }) else {
+            return;
+        };
+        let name = which.name();
+        let prepared = (|| -> Result<Value, StepError> {
+            let mut request = Map::new();
+            for (arg, expr) in &spec.with {
+                request.insert(arg.clone(), self.eval(tx, &expr.0)?);
+            }
+            for (arg, path) in &spec.templates {
+                let (text, _) = self.render_template(tx, path)?;
+                request.insert(arg.clone(), Value::String(text));
+            }
+            Ok(Value::Object(request))
+        })();
+        let request = match prepared {
+            Ok(r) => r,
+            Err(e) => {
+                tx.emit(Event::TaskNoticeFailed {
+                    task: task.to_string(),
+                    notice: name.to_string(),
+                    error: e.message,
+                });
+                return;
+            }
+        };
+        let key = self.next_id(&format!("{}.{name}#", step.id));
+        tx.emit(Event::EffectRequested {
+            step: step.id.clone(),
+            key: key.clone(),
+            connector: spec.connector.clone(),
+            operation: spec.operation.clone(),
+            request: request.clone(),
+            attempt: 1,
+            timeout_ms: None,
+        });
+        let action = Action::PerformEffect {
+            key: key.clone(),
+            step: step.id.clone(),
+            connector: spec.connector.clone(),
+            operation: spec.operation.clone(),
+            request,
+            attempt: 1,
+            timeout_ms: None,
+        };
+        tx.act(action.clone());
+        self.pending.insert(
+            key,
+            Pending::Notice {
+                action: Box::new(action),
+            },
+        );
     }
 
     // ---- step kinds ----

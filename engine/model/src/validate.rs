@@ -1375,44 +1375,83 @@ impl<'a> Checker<'a> {
             }
         }
         self.check_fields(&format!("{tp}.fields"), &task.fields);
+        self.check_notices(&tp, task);
     }
 
     fn check_action(&mut self, sp: &str, step: &Step) {
         let Some(action) = &step.action else { return };
         let ap = format!("{sp}.action");
-        match self.catalog.connector_operations(&action.connector) {
+        self.check_connector_call(&ap, &action.connector, &action.operation, &action.templates);
+    }
+
+    /// A connector and its operation exist; the templates of the arguments exist.
+    fn check_connector_call(
+        &mut self,
+        path: &str,
+        connector: &str,
+        operation: &str,
+        templates: &indexmap::IndexMap<String, String>,
+    ) {
+        match self.catalog.connector_operations(connector) {
             None => {
                 let names = self.catalog.connectors();
                 self.error(
-                    self.value(&format!("{ap}.connector")),
-                    format!("there is no connector `{}`", action.connector),
+                    self.value(&format!("{path}.connector")),
+                    format!("there is no connector `{connector}`"),
                     name_hint(
-                        &action.connector,
+                        connector,
                         &names,
                         "the connectors are",
                         "no connector is configured",
                     ),
                 );
             }
-            Some(ops) if !ops.contains(&action.operation) => {
+            Some(ops) if !ops.iter().any(|o| o == operation) => {
                 self.error(
-                    self.value(&format!("{ap}.operation")),
-                    format!(
-                        "connector `{}` has no operation `{}`",
-                        action.connector, action.operation
-                    ),
-                    name_hint(
-                        &action.operation,
-                        &ops,
-                        "its operations are",
-                        "it has no operation",
-                    ),
+                    self.value(&format!("{path}.operation")),
+                    format!("connector `{connector}` has no operation `{operation}`"),
+                    name_hint(operation, &ops, "its operations are", "it has no operation"),
                 );
             }
             Some(_) => {}
         }
-        for (arg, template) in &action.templates {
-            self.check_template(&format!("{ap}.templates.{arg}"), template);
+        for (arg, template) in templates {
+            self.check_template(&format!("{path}.templates.{arg}"), template);
+        }
+    }
+
+    /// A task's `on_reminder` / `on_overdue`: a connector call that can happen.
+    fn check_notices(&mut self, tp: &str, task: &crate::TaskSpec) {
+        let notices = [
+            (
+                "on_reminder",
+                &task.on_reminder,
+                task.reminders.is_empty(),
+                "`on_reminder` without `reminders` is never sent",
+                "add `reminders: [P2D]` (when to remind), or remove `on_reminder`",
+            ),
+            (
+                "on_overdue",
+                &task.on_overdue,
+                task.due.is_none(),
+                "`on_overdue` without `due` is never sent: the task is never overdue",
+                "add `due: P5D` (when the task is overdue), or remove `on_overdue`",
+            ),
+        ];
+        for (name, notice, never, message, hint) in notices {
+            let Some(n) = notice else { continue };
+            let np = format!("{tp}.{name}");
+            if never {
+                self.error(self.key(&np), message, hint);
+            }
+            self.check_connector_call(&np, &n.connector, &n.operation, &n.templates);
+            for (arg, expr) in &n.with {
+                self.check_expr(
+                    &format!("{np}.with.{arg}"),
+                    expr.as_str(),
+                    ExprContext::Case,
+                );
+            }
         }
     }
 

@@ -364,6 +364,31 @@ pub struct TaskSpec {
     /// Two different people must decide (the second confirms the first's outcome).
     #[serde(default)]
     pub four_eyes: bool,
+    /// A connector call made at each reminder (a message to the role's mailbox, an SMS...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_reminder: Option<NoticeSpec>,
+    /// A connector call made when the task becomes overdue (after its escalation, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_overdue: Option<NoticeSpec>,
+}
+
+/// A message a task sends about itself: a connector call like an `action` step's. It does not
+/// move the case; its request and answer (or error) are recorded in the history, and a failure
+/// is not retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeSpec {
+    /// Connector name (`courriel`, `sms`...).
+    pub connector: String,
+    /// Operation of the connector; default `send`.
+    #[serde(default = "default_operation")]
+    pub operation: String,
+    /// Arguments rendered from Tera templates: argument name to template path in `templates/`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub templates: IndexMap<String, String>,
+    /// Arguments computed by expressions: argument name to expression.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub with: IndexMap<String, Expr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

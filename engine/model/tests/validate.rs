@@ -680,6 +680,60 @@ steps:
 }
 
 #[test]
+fn task_notices() {
+    check(
+        r#"
+id: test
+version: 1
+title: Test
+steps:
+  - id: sans_rappels
+    task:
+      role: comptable
+      title: Valider
+      outcomes: { ok: avec_rappels }
+      on_reminder: { connector: email, templates: { corps: relances/sms_niveau1.txt } }
+      on_overdue: { connector: email }
+  - id: avec_rappels
+    task:
+      role: comptable
+      title: Valider
+      outcomes: { ok: juste }
+      reminders: [P1D]
+      due: P3D
+      on_reminder:
+        connector: emial
+        templates: { corps: relances/sms_niveau9.txt }
+        with: { to: "(input.courriel" }
+      on_overdue: { connector: log, operation: imprimer }
+  - id: juste
+    task:
+      role: comptable
+      title: Valider
+      outcomes: { ok: end }
+      reminders: [P1D]
+      due: P3D
+      on_reminder: { connector: email, templates: { text: relances/sms_niveau1.txt }, with: { to: '"compta@exemple.ci"' } }
+      on_overdue: { connector: log, operation: write, with: { objet: '"tâche en retard"' } }
+"#,
+        expect![[r#"
+            workflows/test.yaml:11:7: error: `on_reminder` without `reminders` is never sent
+              hint: add `reminders: [P2D]` (when to remind), or remove `on_reminder`
+            workflows/test.yaml:12:7: error: `on_overdue` without `due` is never sent: the task is never overdue
+              hint: add `due: P5D` (when the task is overdue), or remove `on_overdue`
+            workflows/test.yaml:21:20: error: there is no connector `emial`
+              hint: did you mean `email`?
+            workflows/test.yaml:22:29: error: there is no template `relances/sms_niveau9.txt`
+              hint: did you mean `relances/sms_niveau1.txt`?
+            workflows/test.yaml:23:21: error: expression `(input.courriel` does not compile: expecting `)` to close `(` (position 1)
+              hint: fix the Rhai expression; text values need quotes inside it, e.g. `statut == "payee"`
+            workflows/test.yaml:24:48: error: connector `log` has no operation `imprimer`
+              hint: its operations are: `send`, `write`
+        "#]],
+    );
+}
+
+#[test]
 fn calls() {
     check(
         r#"

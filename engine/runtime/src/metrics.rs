@@ -142,7 +142,10 @@ mod tests {
         let names: Vec<&str> = s.connectors.iter().map(|c| c.connector.as_str()).collect();
         assert_eq!(names, ["courriel", "sms"]);
         let courriel = &s.connectors[0];
-        assert_eq!((courriel.ok, courriel.transient, courriel.permanent), (0, 0, 1));
+        assert_eq!(
+            (courriel.ok, courriel.transient, courriel.permanent),
+            (0, 0, 1)
+        );
         let sms = &s.connectors[1];
         assert_eq!((sms.ok, sms.transient, sms.permanent), (2, 1, 0));
         let at = |bound: Option<f64>| {

@@ -303,6 +303,11 @@ impl Project {
             if let Some(a) = &step.action {
                 tpl.extend(a.templates.values());
             }
+            if let Some(t) = &step.task {
+                for n in [&t.on_reminder, &t.on_overdue].into_iter().flatten() {
+                    tpl.extend(n.templates.values());
+                }
+            }
             for t in tpl {
                 if let Some(src) = self.templates.get(t) {
                     templates.insert(t.clone(), src.clone());

@@ -146,6 +146,9 @@ pub fn describe(e: &Event) -> String {
             format!("  task completed: {outcome} (by {by})")
         }
         Event::TaskReminded { .. } => "  task reminder".to_string(),
+        Event::TaskNoticeFailed { notice, error, .. } => {
+            format!("  task {notice} not sent: {error}")
+        }
         Event::TaskOverdue { escalated_to, .. } => match escalated_to {
             Some(r) => format!("  task overdue, escalated to {r}"),
             None => "  task overdue".to_string(),
