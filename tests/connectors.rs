@@ -13,52 +13,23 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::any;
-use axum::Router;
 use serde_json::{json, Value};
 use support::servers::{Printer, Radicale, Smtp, TicketSink};
-use support::Hit;
+use support::{reply, Hit, Stub};
 
 const AGENDA_PASSWORD: &str = "mot-de-passe-agenda";
 const CRM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const RECEIPT_TOKEN: &str = "jeton-accuses-0123456789";
 
-/// A stub recording every request and answering with `answer(hit, n)` (`n`: how many requests
-/// came before).
-async fn stub(answer: fn(&Hit, usize) -> (u16, String)) -> (String, Arc<Mutex<Vec<Hit>>>) {
-    let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-    let h = hits.clone();
-    let app = Router::new().fallback(any(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let h = h.clone();
-            async move {
-                let hit = Hit {
-                    method: method.to_string(),
-                    path: uri.path().to_string(),
-                    query: uri.query().unwrap_or_default().to_string(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                };
-                let n = h.lock().unwrap().len();
-                let (status, body) = answer(&hit, n);
-                h.lock().unwrap().push(hit);
-                (
-                    StatusCode::from_u16(status).unwrap(),
-                    [("content-type", "application/json")],
-                    body,
-                )
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr.to_string(), hits)
+/// A stub answering with `answer(hit, n)` (`n`: how many requests came before).
+async fn stub(answer: fn(&Hit, usize) -> (u16, String)) -> Stub {
+    Stub::start(move |hit, before| {
+        let (status, body) = answer(hit, before.len());
+        reply(status, body)
+    })
+    .await
 }
 
 /// Orange: the token endpoint, then the send endpoint.
@@ -115,7 +86,7 @@ fn crm(_: &Hit, _: usize) -> (u16, String) {
 /// The example project copied into `dir`, its `dossier.yaml` pointed at this test's servers.
 fn project(dir: &Path, ports: &BTreeMap<&str, String>) -> PathBuf {
     let root = dir.join("connecteurs");
-    copy_tree(&support::repo_root().join("examples/connecteurs"), &root);
+    support::copy_tree(&support::repo_root().join("examples/connecteurs"), &root);
     let file = root.join("dossier.yaml");
     let mut text = std::fs::read_to_string(&file).unwrap();
     for (from, to) in ports {
@@ -124,19 +95,6 @@ fn project(dir: &Path, ports: &BTreeMap<&str, String>) -> PathBuf {
     }
     std::fs::write(&file, text).unwrap();
     root
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 fn secrets(cmd: &mut Command) -> &mut Command {
@@ -205,6 +163,20 @@ impl Api {
         )
     }
 
+    /// Starts the repair-intake workflow for a deposit, as `key`; the case's id.
+    async fn deposit(&self, key: &str, numero: &str, client: &str) -> String {
+        let (s, started) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/instances",
+                key,
+                Some(json!({"workflow": "depot_reparation", "input": input(numero, client)})),
+            )
+            .await;
+        assert_eq!(s, 201, "{started}");
+        started["id"].as_str().unwrap().to_string()
+    }
+
     async fn get(&self, path: &str, key: &str) -> Value {
         let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
         assert_eq!(s, 200, "GET {path}: {v}");
@@ -236,6 +208,11 @@ impl Api {
     }
 }
 
+/// The events of one kind in a case history.
+fn of_kind<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    history.iter().filter(|e| e["kind"] == kind).collect()
+}
+
 fn input(numero: &str, client: &str) -> Value {
     json!({
         "numero_depot": numero,
@@ -258,9 +235,9 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     let radicale = Radicale::start("atelier", AGENDA_PASSWORD);
     let printer = Printer::start("application/pdf");
     let till = TicketSink::start();
-    let (orange_addr, orange_hits) = stub(orange).await;
-    let (fne_addr, fne_hits) = stub(fne).await;
-    let (crm_addr, crm_hits) = stub(crm).await;
+    let orange_stub = stub(orange).await;
+    let fne_stub = stub(fne).await;
+    let crm_stub = stub(crm).await;
     let server_port = support::free_port();
     let printer_port = printer
         .uri
@@ -270,9 +247,9 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         .unwrap()
         .to_string();
     let ports: BTreeMap<&str, String> = [
-        ("127.0.0.1:8701", fne_addr),
-        ("127.0.0.1:8702", orange_addr),
-        ("127.0.0.1:8703", crm_addr),
+        ("127.0.0.1:8701", fne_stub.addr.to_string()),
+        ("127.0.0.1:8702", orange_stub.addr.to_string()),
+        ("127.0.0.1:8703", crm_stub.addr.to_string()),
         ("localhost:8631", format!("localhost:{printer_port}")),
         ("port: 9100", format!("port: {}", till.port)),
         ("http://127.0.0.1:5232", radicale.base.clone()),
@@ -328,21 +305,12 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     };
 
     // ---- A deposit goes through every connector ----
-    let (s, started) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/instances",
-            &system,
-            Some(json!({"workflow": "depot_reparation", "input": input("DEP-2026-0042", "Awa Traoré")})),
-        )
-        .await;
-    assert_eq!(s, 201, "{started}");
-    let case = started["id"].as_str().unwrap().to_string();
+    let case = api.deposit(&system, "DEP-2026-0042", "Awa Traoré").await;
     let done = api.wait_status(&case, &admin, "completed").await;
     assert_eq!(done["data"]["statut"], "enregistre", "{done}");
 
     // The FNE: one certification, with the bearer key and the effect's idempotency key.
-    let hits = fne_hits.lock().unwrap().clone();
+    let hits = fne_stub.hits();
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].header("authorization"), "Bearer cle-fne");
     let fne_key = hits[0].header("idempotency-key").to_string();
@@ -370,7 +338,7 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     assert!(text.contains("Écran fissuré, ne charge plus"), "{text}");
 
     // The ticket printer got one ticket: init, the deposit number, a QR code, a cut.
-    let tickets = till.tickets.lock().unwrap().clone();
+    let tickets = till.received(1);
     assert_eq!(tickets.len(), 1);
     let t = &tickets[0];
     assert!(t.starts_with(&[0x1b, 0x40]), "ESC @ first");
@@ -470,7 +438,7 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     );
 
     // Orange: one token, one SMS carrying the effect's key and asking for a receipt.
-    let hits = orange_hits.lock().unwrap().clone();
+    let hits = orange_stub.hits();
     assert_eq!(
         hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
         [
@@ -500,7 +468,7 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     );
 
     // The CRM: one webhook, signed with its secret.
-    let hits = crm_hits.lock().unwrap().clone();
+    let hits = crm_stub.hits();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].path, "/api/evenements");
     let signed = dossier_connectors::webhook::Signed {
@@ -524,9 +492,8 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
 
     // The history holds each request and answer, in the workflow's order.
     let history = api.history(&case, &admin).await;
-    let calls: Vec<(String, String)> = history
-        .iter()
-        .filter(|e| e["kind"] == "effect_requested")
+    let calls: Vec<(String, String)> = of_kind(&history, "effect_requested")
+        .into_iter()
         .map(|e| {
             (
                 e["payload"]["connector"].as_str().unwrap().to_string(),
@@ -547,9 +514,8 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     .map(|(c, o)| (c.to_string(), o.to_string()))
     .collect();
     assert_eq!(calls, expected);
-    let answers: Vec<&Value> = history
-        .iter()
-        .filter(|e| e["kind"] == "effect_completed")
+    let answers: Vec<&Value> = of_kind(&history, "effect_completed")
+        .into_iter()
         .map(|e| &e["payload"]["result"])
         .collect();
     assert_eq!(answers.len(), 7);
@@ -600,31 +566,16 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     let history = api.history(&case, &admin).await;
-    let receipts: Vec<&Value> = history
-        .iter()
-        .filter(|e| e["kind"] == "receipt_received")
-        .collect();
+    let receipts = of_kind(&history, "receipt_received");
     assert_eq!(receipts.len(), 1, "{receipts:?}");
     assert_eq!(receipts[0]["payload"]["status"], "delivered");
     assert_eq!(receipts[0]["payload"]["key"], sms_key.as_str());
 
     // ---- The FNE refuses a deposit: an incident task, then the operator gives up ----
-    let (s, started) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/instances",
-            &system,
-            Some(json!({"workflow": "depot_reparation", "input": input("DEP-2026-0043", "Koffi Refus")})),
-        )
-        .await;
-    assert_eq!(s, 201, "{started}");
-    let refused = started["id"].as_str().unwrap().to_string();
+    let refused = api.deposit(&system, "DEP-2026-0043", "Koffi Refus").await;
     api.wait_status(&refused, &admin, "waiting").await;
     let history = api.history(&refused, &admin).await;
-    let failed: Vec<&Value> = history
-        .iter()
-        .filter(|e| e["kind"] == "effect_failed")
-        .collect();
+    let failed = of_kind(&history, "effect_failed");
     assert_eq!(failed.len(), 1, "a refusal is not retried: {failed:?}");
     assert_eq!(failed[0]["payload"]["retryable"], false, "{}", failed[0]);
     assert!(
@@ -647,6 +598,13 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         task["title"],
         "Dépôt DEP-2026-0043 : l'acompte n'a pas pu être certifié"
     );
+    let instructions = task["instructions"].as_str().unwrap_or_default();
+    assert!(
+        instructions.contains(
+            "Erreur de la FNE : fne: HTTP 400: Le point de vente ACCUEIL_1 n'est pas autorisé"
+        ),
+        "{instructions}"
+    );
     let (s, v) = api
         .call(
             reqwest::Method::POST,
@@ -659,7 +617,7 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     let ended = api.wait_status(&refused, &admin, "completed").await;
     assert_eq!(ended["data"]["statut"], "abandonne");
     assert_eq!(
-        fne_hits.lock().unwrap().len(),
+        fne_stub.hits().len(),
         2,
         "one refused certification, no retry"
     );
@@ -668,6 +626,27 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         1,
         "nothing sent for the abandoned deposit"
     );
+
+    // `/metrics` counts the calls by connector and outcome.
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dossier_effects_total{connector=\"fne\",result=\"ok\"} 1",
+        "dossier_effects_total{connector=\"fne\",result=\"permanent\"} 1",
+        "dossier_effects_total{connector=\"courriel\",result=\"ok\"} 1",
+        "dossier_effects_total{connector=\"sms\",result=\"ok\"} 1",
+        "dossier_effects_total{connector=\"crm\",result=\"ok\"} 1",
+        "dossier_effect_latency_seconds_count{connector=\"agenda\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "`{line}` missing from\n{metrics}"
+        );
+    }
 
     // Both histories replay as they were recorded.
     for c in [&case, &refused] {

@@ -3,6 +3,9 @@
 //! trail with the peer's address, a clean stop on SIGTERM. And the refusal to serve an invalid
 //! project.
 
+#[path = "../connectors/tests/support/mod.rs"]
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,19 +22,6 @@ fn dossier(project: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("dossier runs")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 fn fixture() -> PathBuf {
@@ -89,7 +79,7 @@ fn new_key(project: &Path, db: &str, role: &str, name: &str) -> String {
 fn over_a_socket(db: &str) {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path();
-    copy_tree(&fixture(), project);
+    support::copy_tree(&fixture(), project);
     let erp = new_key(project, db, "system", "erp");
     let auditor = new_key(project, db, "auditor", "cabinet-audit");
     // Names are unique among active keys.
@@ -222,7 +212,7 @@ fn serve_over_a_socket_on_postgres() {
 #[test]
 fn serve_refuses_an_invalid_project() {
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(&fixture(), dir.path());
+    support::copy_tree(&fixture(), dir.path());
     let wf = dir.path().join("workflows/validation_achat.yaml");
     let text = std::fs::read_to_string(&wf)
         .unwrap()

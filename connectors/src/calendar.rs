@@ -41,7 +41,6 @@
 //! another UID at the resource), an invalid invitation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -797,8 +796,7 @@ struct Args {
 pub struct CalendarConnector {
     name: String,
     collection: url::Url,
-    /// Username, password, and the variable holding the password (for messages).
-    auth: Option<(String, String, String)>,
+    auth: Option<support::Account>,
     client: reqwest::Client,
 }
 
@@ -808,7 +806,7 @@ pub fn build(
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let cfg: Config = crate::config::settings(settings)?;
-    let mut collection = support::parse_url("url", &cfg.url)?;
+    let collection = support::parse_base_url("url", &cfg.url)?;
     if collection.query().is_some() || collection.fragment().is_some() {
         return Err(BuildError::new(
             "url",
@@ -816,37 +814,15 @@ pub fn build(
             "give the calendar collection's URL, such as https://agenda.exemple.ci/dossier/visites/",
         ));
     }
-    if !collection.path().ends_with('/') {
-        let p = format!("{}/", collection.path());
-        collection.set_path(&p);
-    }
-    let auth = match (&cfg.username, &cfg.password_env) {
-        (Some(u), Some(var)) => Some((u.clone(), ctx.secret("password_env", var)?, var.clone())),
-        (None, None) => None,
-        (Some(_), None) => return Err(BuildError::new(
-            "username",
-            "`username` is set without `password_env`",
-            "add `password_env:` with the name of the environment variable holding the password",
-        )),
-        (None, Some(_)) => {
-            return Err(BuildError::new(
-                "password_env",
-                "`password_env` is set without `username`",
-                "add `username:` (the CalDAV account)",
-            ))
-        }
-    };
-    let timeout = match cfg.timeout_seconds {
-        Some(0) => {
-            return Err(BuildError::new(
-                "timeout_seconds",
-                "`timeout_seconds` must be at least 1",
-                "give the seconds to wait for the server, such as 20",
-            ))
-        }
-        Some(s) => Duration::from_secs(s),
-        None => support::DEFAULT_TIMEOUT,
-    };
+    let auth = ctx.account(
+        cfg.username.as_deref(),
+        cfg.password_env.as_deref(),
+        "the CalDAV account",
+    )?;
+    let timeout = support::timeout(
+        cfg.timeout_seconds,
+        "give the seconds to wait for the server, such as 20",
+    )?;
     Ok(Arc::new(CalendarConnector {
         name: name.to_string(),
         collection,
@@ -901,8 +877,8 @@ impl CalendarConnector {
             .client
             .request(method.clone(), url.clone())
             .header("idempotency-key", &effect.idempotency_key);
-        if let Some((user, password, _)) = &self.auth {
-            req = req.basic_auth(user, Some(password));
+        if let Some(a) = &self.auth {
+            req = req.basic_auth(&a.username, Some(&a.password));
         }
         match precondition {
             Some(Precondition::Absent) => req = req.header("if-none-match", "*"),
@@ -943,9 +919,9 @@ impl CalendarConnector {
         let answer = Answer { status, etag, body };
         if status == 401 || status == 403 {
             let account = match &self.auth {
-                Some((user, _, var)) => format!(
-                    "check `username` ({user}), the password in `{var}` and the account's rights on {}",
-                    self.collection
+                Some(a) => format!(
+                    "check `username` ({}), the password in `{}` and the account's rights on {}",
+                    a.username, a.password_env, self.collection
                 ),
                 None => "the server wants credentials: set `username` and `password_env`".into(),
             };

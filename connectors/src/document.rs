@@ -677,15 +677,20 @@ impl Layout {
     fn rule(&mut self) {
         self.ensure(10.0);
         self.y -= 5.0;
+        self.line_across(0.5);
+        self.y -= 5.0;
+    }
+
+    /// A horizontal line from margin to margin at the current height.
+    fn line_across(&mut self, width: f32) {
         let y = self.y;
         self.push(Op::Stroke {
             x1: MARGIN,
             y1: y,
             x2: PAGE_W - MARGIN,
             y2: y,
-            width: 0.5,
+            width,
         });
-        self.y -= 5.0;
     }
 
     fn qr(&mut self, payload: &str, align: Align) {
@@ -795,14 +800,7 @@ impl Layout {
             }
             me.y -= row_h;
             if header {
-                let y = me.y;
-                me.push(Op::Stroke {
-                    x1: MARGIN,
-                    y1: y,
-                    x2: PAGE_W - MARGIN,
-                    y2: y,
-                    width: 0.6,
-                });
+                me.line_across(0.6);
             }
         };
         let height = |lines: &[Vec<String>]| {

@@ -152,37 +152,17 @@ impl EmailConnector {
                 "usually 587 with `tls: starttls`, 465 with `tls: tls`, 25 with `tls: none`",
             ));
         }
-        let timeout = match c.timeout_seconds {
-            None => support::DEFAULT_TIMEOUT,
-            Some(0) => {
-                return Err(BuildError::new(
-                    "timeout_seconds",
-                    "the timeout cannot be 0",
-                    "give the number of seconds the whole SMTP exchange may take, e.g. 30",
-                ))
-            }
-            Some(s) => Duration::from_secs(s),
-        };
-        let credentials =
-            match (&c.username, &c.password_env) {
-                (None, None) => None,
-                (Some(user), Some(var)) => {
-                    let password = ctx.secret("password_env", var)?;
-                    Some(Credentials::new(user.clone(), password))
-                }
-                (Some(_), None) => return Err(BuildError::new(
-                    "username",
-                    "`username` is set but not `password_env`",
-                    "add `password_env:` naming the environment variable that holds the password",
-                )),
-                (None, Some(_)) => {
-                    return Err(BuildError::new(
-                        "password_env",
-                        "`password_env` is set but not `username`",
-                        "add `username:` (the SMTP account, often the sender's address)",
-                    ))
-                }
-            };
+        let timeout = support::timeout(
+            c.timeout_seconds,
+            "give the number of seconds the whole SMTP exchange may take, e.g. 30",
+        )?;
+        let credentials = ctx
+            .account(
+                c.username.as_deref(),
+                c.password_env.as_deref(),
+                "the SMTP account, often the sender's address",
+            )?
+            .map(|a| Credentials::new(a.username, a.password));
         if credentials.is_some() && c.tls == TlsMode::None && !is_loopback(&host) {
             // AUTH PLAIN / LOGIN send the password readable by anyone on the way.
             return Err(BuildError::new(
@@ -985,12 +965,7 @@ mod tests {
             !text.contains("archive@"),
             "the Bcc header must not be sent: {text}"
         );
-        let rcpt: Vec<String> = message
-            .envelope()
-            .to()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let rcpt = recipients(&message);
         assert_eq!(rcpt, vec!["jean@client.ci", "archive@exemple.ci"]);
         expect_test::expect![[r#"
             {
@@ -1049,13 +1024,18 @@ mod tests {
             );
         }
         assert!(!text.contains("filename=\"a\";"), "{text}");
-        let rcpt: Vec<String> = message
+        let rcpt = recipients(&message);
+        assert_eq!(rcpt, ["jean@client.ci"]);
+    }
+
+    /// The envelope's recipients (RCPT TO).
+    fn recipients(message: &Message) -> Vec<String> {
+        message
             .envelope()
             .to()
             .iter()
             .map(|a| a.to_string())
-            .collect();
-        assert_eq!(rcpt, ["jean@client.ci"]);
+            .collect()
     }
 
     #[test]

@@ -51,14 +51,13 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use crate::support::{self, BuildContext, BuildError};
+use crate::support::{self, BuildContext, BuildError, HttpAnswer};
 use crate::{Connector, ConnectorError, EffectRequest};
 
 #[derive(Deserialize)]
@@ -98,17 +97,10 @@ pub fn build(
             ));
         }
     }
-    let timeout = match s.timeout_seconds {
-        Some(0) => {
-            return Err(BuildError::new(
-                "timeout_seconds",
-                "`timeout_seconds` is 0",
-                "give the number of seconds to wait for the administration, for example 30",
-            ))
-        }
-        Some(n) => Duration::from_secs(n),
-        None => support::DEFAULT_TIMEOUT,
-    };
+    let timeout = support::timeout(
+        s.timeout_seconds,
+        "give the number of seconds to wait for the administration, for example 30",
+    )?;
     let api_key = ctx.secret("api_key_env", &s.api_key_env)?;
     Ok(Arc::new(FiscalConnector {
         name: name.to_string(),
@@ -516,6 +508,16 @@ impl FiscalConnector {
         Ok(u)
     }
 
+    /// GETs certifications (the lookup by idempotency key, the status by reference).
+    async fn get(&self, url: Url, service: &str) -> Result<HttpAnswer, ConnectorError> {
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(&self.api_key)
+            .header("Accept", "application/json");
+        support::send(service, request).await
+    }
+
     /// Signs (a sale, a purchase or a credit note) at most once per idempotency key.
     async fn certify_once(
         &self,
@@ -534,33 +536,22 @@ impl FiscalConnector {
                 }
             }
         }
-        let sent = self
+        let request = self
             .http
             .post(url)
             .bearer_auth(&self.api_key)
             .header("Idempotency-Key", &effect.idempotency_key)
             .header("Accept", "application/json")
-            .json(body)
-            .send()
-            .await;
-        let unknown = match sent {
-            Err(e) => support::transport_error("fne", &e),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                match resp.text().await {
-                    Err(e) => support::transport_error("fne", &e),
-                    Ok(text) if (200..300).contains(&status) => {
-                        let answer = support::json_body("fne", &text)?;
-                        return Ok((answer, false));
-                    }
-                    Ok(text) => {
-                        let e = fne_error(status, &text);
-                        if !e.is_transient() {
-                            return Err(e);
-                        }
-                        e
-                    }
+            .json(body);
+        let unknown = match support::send("fne", request).await {
+            Err(e) => e,
+            Ok(a) if a.is_success() => return Ok((support::json_body("fne", &a.text)?, false)),
+            Ok(a) => {
+                let e = fne_error(a.status, &a.text);
+                if !e.is_transient() {
+                    return Err(e);
                 }
+                e
             }
         };
         // The request may have been certified all the same: look before anything else.
@@ -582,37 +573,17 @@ impl FiscalConnector {
             .map_err(|e| e.to_string())?;
         url.query_pairs_mut()
             .append_pair("idempotencyKey", &effect.idempotency_key);
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(&self.api_key)
-            .header("Accept", "application/json")
-            .send()
+        let HttpAnswer { status, text, .. } = self
+            .get(url, "fne lookup")
             .await
-            .map_err(|e| support::transport_error("fne lookup", &e).to_string())?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| support::transport_error("fne lookup", &e).to_string())?;
+            .map_err(|e| e.to_string())?;
         if status != 200 {
             return Err(format!(
                 "fne lookup: HTTP {status}: {}",
                 server_message(&text)
             ));
         }
-        let answer: Value = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "fne lookup: malformed answer (not JSON: {e}): {}",
-                support::excerpt(&text)
-            )
-        })?;
-        let Some(list) = answer.as_array() else {
-            return Err(format!(
-                "fne lookup: expected a JSON array of certifications, got: {}",
-                support::excerpt(&text)
-            ));
-        };
+        let list = certifications("fne lookup", &text).map_err(|e| e.to_string())?;
         let certified: Vec<&Value> = list
             .iter()
             .filter(|c| {
@@ -655,29 +626,11 @@ impl FiscalConnector {
         }
         let mut url = self.url(&["external", "invoices"])?;
         url.query_pairs_mut().append_pair("reference", wanted);
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(&self.api_key)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| support::transport_error("fne", &e))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| support::transport_error("fne", &e))?;
+        let HttpAnswer { status, text, .. } = self.get(url, "fne").await?;
         if status != 200 {
             return Err(fne_error(status, &text));
         }
-        let answer = support::json_body("fne", &text)?;
-        let Some(list) = answer.as_array() else {
-            return Err(ConnectorError::Permanent(format!(
-                "fne: expected a JSON array of certifications, got: {}",
-                support::excerpt(&text)
-            )));
-        };
+        let list = certifications("fne", &text)?;
         let found = list
             .iter()
             .find(|c| c.get("reference").and_then(Value::as_str) == Some(wanted));
@@ -819,6 +772,17 @@ fn money(v: Option<&Value>) -> Value {
     }
 }
 
+/// An answer listing certifications: a JSON array.
+fn certifications(service: &str, text: &str) -> Result<Vec<Value>, ConnectorError> {
+    match support::json_body(service, text)? {
+        Value::Array(list) => Ok(list),
+        _ => Err(ConnectorError::Permanent(format!(
+            "{service}: expected a JSON array of certifications, got: {}",
+            support::excerpt(text)
+        ))),
+    }
+}
+
 /// The FNE's error answers: `{"message": …, "error": …, "statusCode": …}`.
 fn server_message(body: &str) -> String {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
@@ -834,15 +798,11 @@ fn server_message(body: &str) -> String {
 }
 
 fn fne_error(status: u16, body: &str) -> ConnectorError {
-    let mut msg = format!("fne: HTTP {status}: {}", server_message(body));
+    let mut detail = server_message(body);
     if status == 401 {
-        msg.push_str(" (check the API key in the variable `api_key_env` names)");
+        detail.push_str(" (check the API key in the variable `api_key_env` names)");
     }
-    if support::status_is_transient(status) {
-        ConnectorError::Transient(msg)
-    } else {
-        ConnectorError::Permanent(msg)
-    }
+    support::status_error_saying("fne", status, &detail)
 }
 
 #[async_trait]
@@ -875,7 +835,7 @@ mod tests {
     fn connector() -> FiscalConnector {
         FiscalConnector {
             name: "fne".into(),
-            http: support::http_client(Duration::from_secs(1)).expect("an HTTP client"),
+            http: support::http_client(std::time::Duration::from_secs(1)).expect("an HTTP client"),
             api_url: Url::parse("http://127.0.0.1:9/ws").unwrap(),
             api_key: "k".into(),
             point_of_sale: "CAISSE_1".into(),

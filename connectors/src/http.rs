@@ -32,7 +32,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -85,12 +84,7 @@ pub fn build(
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let cfg: Config = crate::config::settings(settings)?;
-    let mut base = support::parse_url("base_url", &cfg.base_url)?;
-    if !base.path().ends_with('/') {
-        // `https://x/api` + `clients` must give `https://x/api/clients`.
-        let p = format!("{}/", base.path());
-        base.set_path(&p);
-    }
+    let base = support::parse_base_url("base_url", &cfg.base_url)?;
     let mut headers = reqwest::header::HeaderMap::new();
     let mut add = |field: &str, k: &str, v: &str| -> Result<(), BuildError> {
         let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
@@ -141,10 +135,10 @@ pub fn build(
         }
         None => None,
     };
-    let timeout = cfg
-        .timeout_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(support::DEFAULT_TIMEOUT);
+    let timeout = support::timeout(
+        cfg.timeout_seconds,
+        "give the seconds to wait for the service, such as 20",
+    )?;
     Ok(Arc::new(HttpConnector {
         name: name.to_string(),
         base,
@@ -282,41 +276,28 @@ impl HttpConnector {
                 (v, None) => req.json(&v),
             };
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| support::transport_error(&service, &e))?;
-        let status = resp.status().as_u16();
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (location, etag) = (header("location"), header("etag"));
-        let is_json = header("content-type").is_some_and(|c| c.contains("json"));
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| support::transport_error(&service, &e))?;
+        let answer = support::send(&service, req).await?;
+        let status = answer.status;
         let expected = match &a.expect {
             Some(e) => e.allows(status),
-            None => (200..300).contains(&status),
+            None => answer.is_success(),
         };
         if !expected {
-            return Err(support::status_error(&service, status, &text));
+            return Err(support::status_error(&service, status, &answer.text));
         }
-        let body = if is_json && !text.trim().is_empty() {
-            support::json_body(&service, &text)?
+        let is_json = answer
+            .header("content-type")
+            .is_some_and(|c| c.contains("json"));
+        let body = if is_json && !answer.text.trim().is_empty() {
+            support::json_body(&service, &answer.text)?
         } else {
-            Value::String(text.chars().take(MAX_TEXT_BODY).collect())
+            Value::String(answer.text.chars().take(MAX_TEXT_BODY).collect())
         };
         let mut out = json!({ "status": status, "url": url.as_str(), "body": body });
-        if let Some(l) = location {
-            out["location"] = Value::String(l);
-        }
-        if let Some(e) = etag {
-            out["etag"] = Value::String(e);
+        for name in ["location", "etag"] {
+            if let Some(v) = answer.header(name) {
+                out[name] = json!(v);
+            }
         }
         Ok(out)
     }

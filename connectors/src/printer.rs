@@ -111,17 +111,7 @@ pub fn build(
              `documents_dir: documents` to keep PDF files",
         ));
     }
-    let timeout = match cfg.timeout_seconds {
-        Some(0) => {
-            return Err(BuildError::new(
-                "timeout_seconds",
-                "`timeout_seconds` must be at least 1",
-                "30 is a good value for a printer",
-            ))
-        }
-        Some(s) => Duration::from_secs(s),
-        None => support::DEFAULT_TIMEOUT,
-    };
+    let timeout = support::timeout(cfg.timeout_seconds, "30 is a good value for a printer")?;
     let ipp = match &cfg.ipp_url {
         Some(u) => Some(ipp::Client::new(u, IPP_USER, timeout).map_err(|m| {
             BuildError::new(

@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::support::{self, BuildContext, BuildError};
+use crate::support::{self, BuildContext, BuildError, HttpAnswer};
 use crate::{Connector, ConnectorError, EffectRequest, IncomingReceipt, Receipt, ReceiptError};
 
 const ORANGE_API: &str = "https://api.orange.com";
@@ -137,17 +137,10 @@ pub fn build(
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Connector>, BuildError> {
     let s: Settings = crate::config::settings(settings)?;
-    let timeout = match s.timeout_seconds {
-        Some(0) => {
-            return Err(BuildError::new(
-                "timeout_seconds",
-                "`timeout_seconds` is 0",
-                "give the number of seconds to wait for the gateway, for example 30",
-            ))
-        }
-        Some(n) => Duration::from_secs(n),
-        None => support::DEFAULT_TIMEOUT,
-    };
+    let timeout = support::timeout(
+        s.timeout_seconds,
+        "give the number of seconds to wait for the gateway, for example 30",
+    )?;
     let receipts_url = s
         .receipts_url
         .as_deref()
@@ -178,19 +171,7 @@ pub fn build(
             "remove it, or change `provider`",
         ));
     }
-    let http = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("Dossier/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
-            BuildError::new(
-                "",
-                format!("cannot set up the HTTP client: {e}"),
-                "this is a problem of the machine's TLS setup",
-            )
-        })?;
+    let http = support::http_client_without_redirects(timeout)?;
     Ok(Arc::new(SmsConnector {
         name: name.to_string(),
         provider,
@@ -540,20 +521,13 @@ impl SmsConnector {
         let mut token = o.token(&self.http).await?;
         let mut refreshed = false;
         loop {
-            let resp = self
+            let request = self
                 .http
                 .post(&url)
                 .bearer_auth(&token)
                 .header("Accept", "application/json")
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| support::transport_error("orange", &e))?;
-            let status = resp.status().as_u16();
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| support::transport_error("orange", &e))?;
+                .json(&body);
+            let HttpAnswer { status, text, .. } = support::send("orange", request).await?;
             if status == 401 {
                 o.forget(&token).await;
                 if refreshed {
@@ -606,21 +580,14 @@ impl SmsConnector {
                 .append_pair("key", &effect.idempotency_key);
             form.push(("StatusCallback", callback.to_string()));
         }
-        let resp = self
+        let request = self
             .http
             .post(&url)
             .basic_auth(&t.account_sid, Some(&t.auth_token))
             .header("I-Twilio-Idempotency-Token", &effect.idempotency_key)
             .header("Accept", "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| support::transport_error("twilio", &e))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| support::transport_error("twilio", &e))?;
+            .form(&form);
+        let HttpAnswer { status, text, .. } = support::send("twilio", request).await?;
         if !(200..300).contains(&status) {
             return Err(http_error("twilio", status, &text));
         }
@@ -995,12 +962,7 @@ fn token_error(e: RequestTokenError<ConnectorError, BasicErrorResponse>) -> Conn
 
 /// An unexpected status, with the gateway's own message when it gave one.
 fn http_error(service: &str, status: u16, body: &str) -> ConnectorError {
-    let msg = format!("{service}: HTTP {status}: {}", server_message(body));
-    if support::status_is_transient(status) {
-        ConnectorError::Transient(msg)
-    } else {
-        ConnectorError::Permanent(msg)
-    }
+    support::status_error_saying(service, status, &server_message(body))
 }
 
 /// The readable part of a gateway's error answer: Twilio's `code` and `message`, Orange's

@@ -82,6 +82,57 @@ impl BuildContext<'_> {
             self.base_dir.join(p)
         }
     }
+
+    /// The settings `username` and `password_env`: both (an [`Account`], its password read
+    /// from the environment) or neither (`None`). `what`: what the username is on this server
+    /// ("the CalDAV account"), for the hint when only `password_env` is set.
+    pub fn account(
+        &self,
+        username: Option<&str>,
+        password_env: Option<&str>,
+        what: &str,
+    ) -> Result<Option<Account>, BuildError> {
+        match (username, password_env) {
+            (None, None) => Ok(None),
+            (Some(user), Some(var)) => Ok(Some(Account {
+                username: user.to_string(),
+                password: self.secret("password_env", var)?,
+                password_env: var.to_string(),
+            })),
+            (Some(_), None) => Err(BuildError::new(
+                "username",
+                "`username` is set without `password_env`",
+                "add `password_env:` with the name of the environment variable holding the password",
+            )),
+            (None, Some(_)) => Err(BuildError::new(
+                "password_env",
+                "`password_env` is set without `username`",
+                format!("add `username:` ({what})"),
+            )),
+        }
+    }
+}
+
+/// An account on a server, from the settings `username` and `password_env`.
+pub struct Account {
+    pub username: String,
+    pub password: String,
+    /// The environment variable holding the password: messages name it, never the password.
+    pub password_env: String,
+}
+
+/// The setting `timeout_seconds`: [`DEFAULT_TIMEOUT`] when absent; 0 is refused (every call
+/// would give up at once). `hint`: what to give instead, for this connector's server.
+pub fn timeout(seconds: Option<u64>, hint: &str) -> Result<Duration, BuildError> {
+    match seconds {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(0) => Err(BuildError::new(
+            "timeout_seconds",
+            "`timeout_seconds` must be at least 1",
+            hint,
+        )),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
 }
 
 /// Checks an `http(s)://` URL of the configuration. A URL carrying credentials
@@ -111,11 +162,36 @@ pub fn parse_url(field: &str, text: &str) -> Result<url::Url, BuildError> {
     Ok(u)
 }
 
+/// [`parse_url`] for a URL that paths are joined to (an API's base, a collection): its path
+/// ends with `/`, so that `https://x/api` and `clients` give `https://x/api/clients`.
+pub fn parse_base_url(field: &str, text: &str) -> Result<url::Url, BuildError> {
+    let mut u = parse_url(field, text)?;
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    Ok(u)
+}
+
 /// An HTTP client that gives up after `timeout` (connection included).
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
+    client(timeout, reqwest::redirect::Policy::default())
+}
+
+/// The same that follows no redirect (as OAuth token endpoints want: a redirect could take the
+/// credentials elsewhere).
+pub fn http_client_without_redirects(timeout: Duration) -> Result<reqwest::Client, BuildError> {
+    client(timeout, reqwest::redirect::Policy::none())
+}
+
+fn client(
+    timeout: Duration,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, BuildError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(redirects)
         .user_agent(concat!("Dossier/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| {
@@ -160,12 +236,61 @@ pub fn status_is_transient(status: u16) -> bool {
 
 /// The error for an unexpected HTTP status, with the start of the body the server sent.
 pub fn status_error(service: &str, status: u16, body: &str) -> ConnectorError {
-    let msg = format!("{service}: HTTP {status}: {}", excerpt(body));
+    status_error_saying(service, status, &excerpt(body))
+}
+
+/// The error for an unexpected HTTP status, `{service}: HTTP {status}: {detail}`, where
+/// `detail` is what the server said (read from its error format); transient when the status is
+/// worth retrying ([`status_is_transient`]), permanent otherwise.
+pub fn status_error_saying(service: &str, status: u16, detail: &str) -> ConnectorError {
+    let msg = format!("{service}: HTTP {status}: {detail}");
     if status_is_transient(status) {
         ConnectorError::Transient(msg)
     } else {
         ConnectorError::Permanent(msg)
     }
+}
+
+/// A server's whole answer.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl HttpAnswer {
+    /// A header's value, when it is there and readable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A 2xx status.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Sends `request` and reads its answer whole. No answer, or one cut off, is the
+/// [`transport_error`] of `service`; any status is an answer (the caller sorts them).
+pub async fn send(
+    service: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<HttpAnswer, ConnectorError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| transport_error(service, &e))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| transport_error(service, &e))?;
+    Ok(HttpAnswer {
+        status,
+        headers,
+        text,
+    })
 }
 
 /// At most 300 characters of a server's answer, on one line.
@@ -205,6 +330,44 @@ mod tests {
         assert_eq!(
             status_error("fne", 422, "{\"error\":\n\"bad\"}").to_string(),
             "fne: HTTP 422: {\"error\": \"bad\"}"
+        );
+    }
+
+    #[test]
+    fn timeouts_and_accounts() {
+        assert_eq!(timeout(None, "h"), Ok(DEFAULT_TIMEOUT));
+        assert_eq!(timeout(Some(7), "h"), Ok(Duration::from_secs(7)));
+        let e = timeout(Some(0), "give 30").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str(), e.hint.as_str()),
+            (
+                "timeout_seconds",
+                "`timeout_seconds` must be at least 1",
+                "give 30"
+            )
+        );
+
+        let env = |k: &str| (k == "PW").then(|| "s3cret".to_string());
+        let ctx = BuildContext {
+            env: &env,
+            base_dir: PathBuf::from("/p"),
+        };
+        assert!(ctx.account(None, None, "x").unwrap().is_none());
+        let a = ctx.account(Some("u"), Some("PW"), "x").unwrap().unwrap();
+        assert_eq!(
+            (
+                a.username.as_str(),
+                a.password.as_str(),
+                a.password_env.as_str()
+            ),
+            ("u", "s3cret", "PW")
+        );
+        let field = |u, p| ctx.account(u, p, "the account").err().map(|e| e.field);
+        assert_eq!(field(Some("u"), None).as_deref(), Some("username"));
+        assert_eq!(field(None, Some("PW")).as_deref(), Some("password_env"));
+        assert_eq!(
+            field(Some("u"), Some("NOPE")).as_deref(),
+            Some("password_env")
         );
     }
 

@@ -5,75 +5,22 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
-use axum::routing::any;
-use axum::Router;
-use dossier_connectors::support::BuildContext;
-use dossier_connectors::{config, ConnectorError, EffectRequest, Registry};
+use dossier_connectors::{ConnectorError, EffectRequest, Registry};
 use ical::parser::ical::component::{IcalCalendar, IcalEvent};
 use ical::property::Property;
 use serde_json::{json, Value};
-use support::{env_from, free_port, venv_program, wait_for_port, ChildGuard};
+use support::servers::Radicale;
+use support::{free_port, Hit, Reply, Stub};
 
 const USER: &str = "dossier";
 const PASSWORD: &str = "Mot-de-passe 2025";
 
-struct Radicale {
-    _guard: ChildGuard,
-    _dir: tempfile::TempDir,
-    base: String,
-}
-
-/// A Radicale with one htpasswd account (`dossier`), owner-only rights and no collection
-/// but the account's own (created by Radicale at the first login).
-fn radicale() -> Radicale {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let users = dir.path().join("users");
-    std::fs::write(&users, format!("{USER}:{PASSWORD}\n")).unwrap();
-    let conf = dir.path().join("config");
-    std::fs::write(
-        &conf,
-        format!(
-            "[server]\nhosts = 127.0.0.1:{port}\n\n\
-             [auth]\ntype = htpasswd\nhtpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\n\
-             [rights]\ntype = owner_only\n\n\
-             [storage]\nfilesystem_folder = {}\n\n\
-             [logging]\nlevel = info\n",
-            users.display(),
-            dir.path().join("collections").display()
-        ),
-    )
-    .unwrap();
-    let mut guard = ChildGuard::spawn(
-        "radicale",
-        Command::new(venv_program("radicale"))
-            .arg("--config")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("radicale.log")).unwrap()),
-    );
-    wait_for_port(&mut guard, port);
-    Radicale {
-        _guard: guard,
-        _dir: dir,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
 fn registry(yaml: &str, env: &[(&str, &str)]) -> Registry {
-    let env = env_from(env);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: "/".into(),
-    };
-    config::load("dossier.yaml", yaml, &ctx, Registry::with_builtins())
-        .unwrap_or_else(|d| panic!("{d:?}"))
+    support::load(yaml, env, Path::new("/")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn agenda(url: &str, password: &str) -> Registry {
@@ -185,7 +132,7 @@ async fn list(collection: &str) -> (bool, Vec<String>) {
 
 #[tokio::test]
 async fn publish_reschedule_and_cancel_on_radicale() {
-    let server = radicale();
+    let server = Radicale::start(USER, PASSWORD);
     let collection = format!("{}/{USER}/visites/", server.base);
     let reg = agenda(&collection, PASSWORD);
     let href = format!("{collection}visite-D-2025-0042@dossier.exemple.ci.ics");
@@ -346,7 +293,7 @@ async fn publish_reschedule_and_cancel_on_radicale() {
 
 #[tokio::test]
 async fn refusals_and_missing_events_on_radicale() {
-    let server = radicale();
+    let server = Radicale::start(USER, PASSWORD);
     let collection = format!("{}/{USER}/visites/", server.base);
     let inv = visit("2025-03-14T09:30:00+00:00", "2025-03-14T10:30:00+00:00");
 
@@ -456,54 +403,31 @@ async fn server_down_is_transient() {
 // ---------------------------------------------------------------------------------------------
 // A scripted stub: the exact requests, and answers Radicale does not give on demand.
 
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: HeaderMap,
-    body: String,
-}
-
 /// An answer: status, headers, body.
-type Reply = (u16, Vec<(&'static str, String)>, String);
-type Script = Arc<Mutex<Vec<Reply>>>;
+type Answer = (u16, Vec<(&'static str, String)>, String);
 
 /// Answers each request with the next scripted answer (then 500).
-async fn stub(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let script: Script = Arc::new(Mutex::new(script.into_iter().rev().collect()));
-    let s = seen.clone();
-    let app = Router::new().fallback(any(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (s, script) = (s.clone(), script.clone());
-            async move {
-                s.lock().unwrap().push(Seen {
-                    method: method.to_string(),
-                    path: uri.path().to_string(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                let (status, headers, body) = script.lock().unwrap().pop().unwrap_or((
-                    500,
-                    vec![],
-                    "script exhausted".into(),
-                ));
-                let mut h = HeaderMap::new();
-                for (k, v) in headers {
-                    h.insert(k, v.parse().unwrap());
-                }
-                (StatusCode::from_u16(status).unwrap(), h, body).into_response()
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), seen)
+async fn stub(script: Vec<Answer>) -> Stub {
+    let script = Mutex::new(script.into_iter().rev().collect::<Vec<_>>());
+    Stub::start(move |_, _| {
+        let (status, headers, body) =
+            script
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap_or((500, vec![], "script exhausted".into()));
+        Reply {
+            status,
+            headers,
+            body,
+            delay: Duration::ZERO,
+        }
+    })
+    .await
 }
 
-fn header<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
-    s.headers.get(name).map(|v| v.to_str().unwrap())
+fn header<'a>(h: &'a Hit, name: &str) -> Option<&'a str> {
+    h.headers.get(name).map(|v| v.to_str().unwrap())
 }
 
 fn stored_event(sequence: u32, start: &str) -> String {
@@ -514,7 +438,7 @@ fn stored_event(sequence: u32, start: &str) -> String {
 
 #[tokio::test]
 async fn exact_requests_collection_creation_and_replacement() {
-    let (base, seen) = stub(vec![
+    let server = stub(vec![
         (409, vec![], "no collection".into()),
         (201, vec![], String::new()),
         (201, vec![("etag", "\"e1\"".into())], String::new()),
@@ -531,6 +455,7 @@ async fn exact_requests_collection_creation_and_replacement() {
         (204, vec![("etag", "\"e2\"".into())], String::new()),
     ])
     .await;
+    let base = server.base.clone();
     let reg = agenda(&format!("{base}/{USER}/visites"), PASSWORD);
     let inv = visit("2025-03-14T09:30:00+00:00", "2025-03-14T10:30:00+00:00");
     let r = reg
@@ -550,7 +475,7 @@ async fn exact_requests_collection_creation_and_replacement() {
     assert_eq!(r["sequence"], 4, "max(given 0, stored 3 + 1)");
     assert_eq!(r["etag"], "\"e2\"");
 
-    let seen = seen.lock().unwrap().clone();
+    let seen = server.hits();
     let summary: Vec<String> = seen
         .iter()
         .map(|s| {
@@ -608,7 +533,7 @@ async fn transient_and_permanent_answers() {
             stored_event(seq, "20250314T080000Z"),
         )
     };
-    let cases: Vec<(&str, Vec<Reply>)> = vec![
+    let cases: Vec<(&str, Vec<Answer>)> = vec![
         // Someone changed the event between our GET and our PUT.
         (
             "publish",
@@ -673,7 +598,8 @@ async fn transient_and_permanent_answers() {
     ];
     let mut out = Vec::new();
     for (op, script) in cases {
-        let (base, _) = stub(script).await;
+        let server = stub(script).await;
+        let base = server.base.clone();
         let reg = agenda(&format!("{base}/c/"), PASSWORD);
         let e = reg
             .call("agenda", &effect(op, 1, inv.clone()))

@@ -12,12 +12,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use dossier_connectors::support::BuildContext;
-use dossier_connectors::{config, ConnectorError, EffectRequest, Registry};
+use dossier_connectors::{ConnectorError, EffectRequest, Registry};
 use mailparse::{MailHeaderMap, ParsedMail};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{env_from, free_port, venv_program, wait_for_port, ChildGuard};
+use support::servers::Smtp;
+use support::{free_port, load};
 
 const USER: &str = "relances@exemple.ci";
 const PASSWORD: &str = "mot-de-passe-été";
@@ -74,86 +74,16 @@ impl Certs {
     }
 }
 
-/// A running aiosmtpd, killed on drop, and its Maildir.
-struct Smtp {
-    _guard: ChildGuard,
-    port: u16,
-    maildir: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Smtp {
-    /// `tls`: none, starttls or tls; `auth`: require this user and password; `extra`: more
-    /// arguments (`--reject ADDR`, `--defer ADDR`).
-    fn start(tls: &str, certs: Option<&Certs>, auth: bool, extra: &[&str]) -> Smtp {
-        let dir = tempfile::tempdir().unwrap();
-        let maildir = dir.path().join("Maildir");
-        let port = free_port();
-        let script = support::repo_root().join("connectors/tests/support/smtp_server.py");
-        let mut cmd = Command::new(venv_program("python"));
-        cmd.arg(script)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--maildir")
-            .arg(&maildir)
-            .arg("--tls")
-            .arg(tls);
-        if let Some(c) = certs {
-            cmd.arg("--cert").arg(c.cert()).arg("--key").arg(c.key());
-        }
-        if auth {
-            cmd.args(["--user", USER, "--password", PASSWORD]);
-        }
-        cmd.args(extra);
-        let mut guard = ChildGuard::spawn("smtp_server.py", &mut cmd);
-        wait_for_port(&mut guard, port);
-        Smtp {
-            _guard: guard,
-            port,
-            maildir,
-            _dir: dir,
-        }
-    }
-
-    /// The messages taken so far, oldest first.
-    fn messages(&self) -> Vec<Vec<u8>> {
-        let new = self.maildir.join("new");
-        let Ok(entries) = std::fs::read_dir(&new) else {
-            return Vec::new();
-        };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .map(|e| {
-                let e = e.unwrap();
-                (e.metadata().unwrap().modified().unwrap(), e.path())
-            })
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|(_, p)| std::fs::read(p).unwrap())
-            .collect()
-    }
-
-    fn only_message(&self) -> Vec<u8> {
-        let mut all = self.messages();
-        assert_eq!(all.len(), 1, "expected one message in the Maildir");
-        all.remove(0)
-    }
-}
-
-/// Builds the connectors of a `dossier.yaml` text, with `project` as the project folder.
-fn load(yaml: &str, env: &[(&str, &str)], project: &Path) -> Result<Registry, String> {
-    let env = env_from(env);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: project.to_path_buf(),
-    };
-    config::load("dossier.yaml", yaml, &ctx, Registry::default()).map_err(|ds| {
-        ds.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+/// aiosmtpd speaking `tls` (none, starttls or tls) with the certificate of `certs`; `auth`:
+/// requiring USER and PASSWORD; `extra`: more arguments (`--reject ADDR`, `--defer ADDR`).
+fn start_smtp(tls: &str, certs: Option<&Certs>, auth: bool, extra: &[&str]) -> Smtp {
+    let (cert, key) = certs.map(|c| (c.cert(), c.key())).unzip();
+    Smtp::start_secured(
+        tls,
+        cert.as_deref().zip(key.as_deref()),
+        auth.then_some((USER, PASSWORD)),
+        extra,
+    )
 }
 
 fn effect(key: &str, request: Value) -> EffectRequest {
@@ -219,6 +149,21 @@ fn attachment<'a>(mail: &'a ParsedMail<'a>, filename: &str) -> &'a ParsedMail<'a
         .unwrap_or_else(|| panic!("no attachment named {filename}"))
 }
 
+/// The (first) calendar of an iCalendar attachment.
+fn parse_calendar(ics: &[u8]) -> ical::parser::ical::component::IcalCalendar {
+    ical::IcalParser::new(std::io::BufReader::new(ics))
+        .next()
+        .expect("a calendar")
+        .expect("a valid calendar")
+}
+
+fn property(props: &[ical::property::Property], name: &str) -> Option<String> {
+    props
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.value.clone())
+}
+
 fn invitation() -> Value {
     json!({
         "uid": "rdv-DOS-2026-0042@exemple.ci",
@@ -231,6 +176,13 @@ fn invitation() -> Value {
     })
 }
 
+/// Plain text to 127.0.0.1, no account.
+fn plain_config(port: u16) -> String {
+    format!(
+        "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {port}\n    tls: none\n    from: relances@exemple.ci\n"
+    )
+}
+
 fn starttls_config(port: u16, ca_file: &Path) -> String {
     format!(
         "connectors:\n  courriel:\n    type: email\n    host: localhost\n    port: {port}\n    tls: starttls\n    ca_file: {}\n    username: {USER}\n    password_env: SMTP_PASSWORD\n    from: \"Service recouvrement <relances@exemple.ci>\"\n    hello_name: dossier.exemple.ci\n    timeout_seconds: 10\n",
@@ -241,7 +193,7 @@ fn starttls_config(port: u16, ca_file: &Path) -> String {
 #[tokio::test]
 async fn starttls_with_auth_sends_bodies_and_attachments() {
     let certs = Certs::new();
-    let smtp = Smtp::start("starttls", Some(&certs), true, &[]);
+    let smtp = start_smtp("starttls", Some(&certs), true, &[]);
     // ca_file relative to the project folder.
     let registry = load(
         &starttls_config(smtp.port, Path::new("cert.pem")),
@@ -340,24 +292,16 @@ async fn starttls_with_auth_sends_bodies_and_attachments() {
     assert_eq!(ics.ctype.params.get("method").unwrap(), "REQUEST");
     assert_eq!(ics.ctype.charset.to_lowercase(), "utf-8");
     let ics_bytes = ics.get_body_raw().unwrap();
-    let mut parser = ical::IcalParser::new(std::io::BufReader::new(&ics_bytes[..]));
-    let calendar = parser
-        .next()
-        .expect("a calendar")
-        .expect("a valid calendar");
-    let method = calendar
-        .properties
-        .iter()
-        .find(|p| p.name == "METHOD")
-        .and_then(|p| p.value.clone());
-    assert_eq!(method.as_deref(), Some("REQUEST"));
+    let calendar = parse_calendar(&ics_bytes);
+    assert_eq!(
+        property(&calendar.properties, "METHOD").as_deref(),
+        Some("REQUEST")
+    );
     let event = calendar.events.first().expect("an event");
-    let uid = event
-        .properties
-        .iter()
-        .find(|p| p.name == "UID")
-        .and_then(|p| p.value.clone());
-    assert_eq!(uid.as_deref(), Some("rdv-DOS-2026-0042@exemple.ci"));
+    assert_eq!(
+        property(&event.properties, "UID").as_deref(),
+        Some("rdv-DOS-2026-0042@exemple.ci")
+    );
 
     // The result recorded in the case history.
     assert_eq!(result["message_id"], id);
@@ -389,12 +333,8 @@ async fn starttls_with_auth_sends_bodies_and_attachments() {
 
 #[tokio::test]
 async fn a_resend_carries_the_same_message_id() {
-    let smtp = Smtp::start("none", None, false, &[]);
-    let yaml = format!(
-        "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: relances@exemple.ci\n",
-        smtp.port
-    );
-    let registry = load(&yaml, &[], Path::new("/nonexistent")).unwrap();
+    let smtp = start_smtp("none", None, false, &[]);
+    let registry = load(&plain_config(smtp.port), &[], Path::new("/nonexistent")).unwrap();
     let args = json!({"to": "jean@client.ci", "subject": "Rappel", "text": "Bonjour"});
     for key in ["K:step#1", "K:step#1", "K:step#2"] {
         registry
@@ -426,7 +366,7 @@ async fn a_resend_carries_the_same_message_id() {
 #[tokio::test]
 async fn implicit_tls() {
     let certs = Certs::new();
-    let smtp = Smtp::start("tls", Some(&certs), true, &[]);
+    let smtp = start_smtp("tls", Some(&certs), true, &[]);
     let yaml = format!(
         "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {}\n    tls: tls\n    ca_file: {}\n    username: {USER}\n    password_env: SMTP_PASSWORD\n    from: relances@exemple.ci\n",
         smtp.port,
@@ -472,16 +412,11 @@ async fn implicit_tls() {
     assert_eq!(ics.ctype.mimetype, "text/calendar");
     assert_eq!(ics.ctype.params.get("method").unwrap(), "CANCEL");
     let ics_text = ics.get_body().unwrap();
-    let calendar = ical::IcalParser::new(std::io::BufReader::new(ics_text.as_bytes()))
-        .next()
-        .expect("a calendar")
-        .expect("a valid calendar");
-    let method = calendar
-        .properties
-        .iter()
-        .find(|p| p.name == "METHOD")
-        .and_then(|p| p.value.clone());
-    assert_eq!(method.as_deref(), Some("CANCEL"));
+    let calendar = parse_calendar(ics_text.as_bytes());
+    assert_eq!(
+        property(&calendar.properties, "METHOD").as_deref(),
+        Some("CANCEL")
+    );
     let id = expected_message_id("DOS-1:avis#1", "exemple.ci");
     assert_eq!(header(&mail, "Message-ID"), id);
     assert_eq!(result["message_id"], id);
@@ -509,20 +444,25 @@ fn simple_message() -> Value {
     json!({"to": "jean@client.ci", "subject": "Relance", "text": "Bonjour"})
 }
 
+/// Sends the simple message, which must fail.
+async fn send_simple(registry: &Registry) -> ConnectorError {
+    registry
+        .call("courriel", &effect("k#1", simple_message()))
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn wrong_password_is_permanent() {
     let certs = Certs::new();
-    let smtp = Smtp::start("starttls", Some(&certs), true, &[]);
+    let smtp = start_smtp("starttls", Some(&certs), true, &[]);
     let registry = load(
         &starttls_config(smtp.port, &certs.cert()),
         &[("SMTP_PASSWORD", "pas-le-bon")],
         Path::new("/"),
     )
     .unwrap();
-    let e = registry
-        .call("courriel", &effect("k#1", simple_message()))
-        .await
-        .unwrap_err();
+    let e = send_simple(&registry).await;
     let m = permanent(e);
     assert!(m.contains("535"), "{m}");
     assert!(m.contains("password_env"), "{m}");
@@ -537,12 +477,7 @@ async fn server_not_running_is_transient() {
         "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {port}\n    tls: starttls\n    from: relances@exemple.ci\n"
     );
     let registry = load(&yaml, &[], Path::new("/")).unwrap();
-    let m = transient(
-        registry
-            .call("courriel", &effect("k#1", simple_message()))
-            .await
-            .unwrap_err(),
-    );
+    let m = transient(send_simple(&registry).await);
     assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
     assert!(m.to_lowercase().contains("refused"), "{m}");
 }
@@ -550,18 +485,13 @@ async fn server_not_running_is_transient() {
 #[tokio::test]
 async fn untrusted_certificate_is_permanent_with_a_hint() {
     let certs = Certs::new();
-    let smtp = Smtp::start("starttls", Some(&certs), true, &[]);
+    let smtp = start_smtp("starttls", Some(&certs), true, &[]);
     let yaml = format!(
         "connectors:\n  courriel:\n    type: email\n    host: localhost\n    port: {}\n    username: {USER}\n    password_env: SMTP_PASSWORD\n    from: relances@exemple.ci\n",
         smtp.port
     );
     let registry = load(&yaml, &[("SMTP_PASSWORD", PASSWORD)], Path::new("/")).unwrap();
-    let m = permanent(
-        registry
-            .call("courriel", &effect("k#1", simple_message()))
-            .await
-            .unwrap_err(),
-    );
+    let m = permanent(send_simple(&registry).await);
     assert!(m.contains("not trusted"), "{m}");
     assert!(m.contains("ca_file"), "{m}");
     assert!(smtp.messages().is_empty());
@@ -570,19 +500,14 @@ async fn untrusted_certificate_is_permanent_with_a_hint() {
 #[tokio::test]
 async fn a_ca_certificate_as_the_servers_own_is_refused_with_a_hint() {
     let certs = Certs::make(false);
-    let smtp = Smtp::start("tls", Some(&certs), false, &[]);
+    let smtp = start_smtp("tls", Some(&certs), false, &[]);
     let yaml = format!(
         "connectors:\n  courriel:\n    type: email\n    host: localhost\n    port: {}\n    tls: tls\n    ca_file: {}\n    from: relances@exemple.ci\n",
         smtp.port,
         certs.cert().display()
     );
     let registry = load(&yaml, &[], Path::new("/")).unwrap();
-    let m = permanent(
-        registry
-            .call("courriel", &effect("k#1", simple_message()))
-            .await
-            .unwrap_err(),
-    );
+    let m = permanent(send_simple(&registry).await);
     assert!(m.contains("CaUsedAsEndEntity"), "{m}");
     assert!(m.contains("CA:FALSE"), "{m}");
     assert!(smtp.messages().is_empty());
@@ -590,7 +515,7 @@ async fn a_ca_certificate_as_the_servers_own_is_refused_with_a_hint() {
 
 #[tokio::test]
 async fn rejected_and_deferred_recipients() {
-    let smtp = Smtp::start(
+    let smtp = start_smtp(
         "none",
         None,
         false,
@@ -601,11 +526,7 @@ async fn rejected_and_deferred_recipients() {
             "plein@client.ci",
         ],
     );
-    let yaml = format!(
-        "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: relances@exemple.ci\n",
-        smtp.port
-    );
-    let registry = load(&yaml, &[], Path::new("/")).unwrap();
+    let registry = load(&plain_config(smtp.port), &[], Path::new("/")).unwrap();
     let send = |to: &str| {
         effect(
             "k#1",
@@ -631,18 +552,13 @@ async fn rejected_and_deferred_recipients() {
 
 #[tokio::test]
 async fn starttls_required_but_not_offered_is_permanent() {
-    let smtp = Smtp::start("none", None, false, &[]);
+    let smtp = start_smtp("none", None, false, &[]);
     let yaml = format!(
         "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {}\n    from: relances@exemple.ci\n",
         smtp.port
     );
     let registry = load(&yaml, &[], Path::new("/")).unwrap();
-    let m = permanent(
-        registry
-            .call("courriel", &effect("k#1", simple_message()))
-            .await
-            .unwrap_err(),
-    );
+    let m = permanent(send_simple(&registry).await);
     assert!(m.contains("does not offer STARTTLS"), "{m}");
     assert!(smtp.messages().is_empty(), "sent in clear text");
 }
@@ -663,12 +579,7 @@ async fn a_silent_server_times_out() {
     );
     let registry = load(&yaml, &[], Path::new("/")).unwrap();
     let started = Instant::now();
-    let m = transient(
-        registry
-            .call("courriel", &effect("k#1", simple_message()))
-            .await
-            .unwrap_err(),
-    );
+    let m = transient(send_simple(&registry).await);
     assert!(started.elapsed() < Duration::from_secs(5), "{m}");
     assert!(m.contains("more than 1 s"), "{m}");
 }
@@ -776,12 +687,8 @@ fn configuration_errors_are_located() {
 
 #[tokio::test]
 async fn pdf_attachment() {
-    let smtp = Smtp::start("none", None, false, &[]);
-    let yaml = format!(
-        "connectors:\n  courriel:\n    type: email\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: relances@exemple.ci\n",
-        smtp.port
-    );
-    let registry = load(&yaml, &[], Path::new("/")).unwrap();
+    let smtp = start_smtp("none", None, false, &[]);
+    let registry = load(&plain_config(smtp.port), &[], Path::new("/")).unwrap();
     let markup = "# Relevé de compte\nClient : Jean Kouassi\nSolde dû : 1 250,50 EUR\n";
     let result = registry
         .call(

@@ -4,18 +4,15 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::any;
-use axum::Router;
 use dossier_connectors::support::BuildContext;
-use dossier_connectors::{config, Connector, ConnectorError, EffectRequest, Registry};
+use dossier_connectors::{Connector, ConnectorError, EffectRequest, Registry};
 use serde_json::{json, Value};
 
-use support::Hit;
+use support::{reply, Hit, Reply};
 
 /// How the stub answers a sign request.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -33,7 +30,6 @@ enum Sign {
 
 #[derive(Default)]
 struct Fne {
-    hits: Vec<Hit>,
     /// (idempotency key, answer), in the order certified.
     certified: Vec<(String, Value)>,
     /// How the next sign requests are answered, first first; then `Certify`.
@@ -46,13 +42,7 @@ struct Fne {
 struct Stub {
     base: String,
     state: Arc<Mutex<Fne>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    server: support::Stub,
 }
 
 const KEY_HEADER: &str = "idempotency-key";
@@ -98,41 +88,23 @@ impl Stub {
             ..Fne::default()
         }));
         let st = state.clone();
-        let app = Router::new().fallback(any(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let st = st.clone();
-                async move {
-                    let hit = Hit {
-                        method: method.to_string(),
-                        path: uri.path().to_string(),
-                        query: uri.query().unwrap_or("").to_string(),
-                        headers,
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    };
-                    let (status, body, delay) = respond(&mut st.lock().unwrap(), hit);
-                    tokio::time::sleep(delay).await;
-                    (
-                        StatusCode::from_u16(status).unwrap(),
-                        [("content-type", "application/json")],
-                        body,
-                    )
-                }
-            },
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = support::Stub::start(move |hit, _| {
+            let (status, body, delay) = respond(&mut st.lock().unwrap(), hit);
+            Reply {
+                delay,
+                ..reply(status, body)
+            }
+        })
+        .await;
         Stub {
-            base: format!("http://{addr}/ws"),
+            base: format!("{}/ws", server.base),
             state,
-            task,
+            server,
         }
     }
 
     fn hits(&self) -> Vec<Hit> {
-        self.state.lock().unwrap().hits.clone()
+        self.server.hits()
     }
 
     fn certifications(&self) -> usize {
@@ -148,9 +120,8 @@ impl Stub {
     }
 }
 
-fn respond(fne: &mut Fne, hit: Hit) -> (u16, String, Duration) {
+fn respond(fne: &mut Fne, hit: &Hit) -> (u16, String, Duration) {
     let now = Duration::ZERO;
-    fne.hits.push(hit.clone());
     if hit.header("authorization") != "Bearer fne-api-key" {
         return (
             401,
@@ -167,7 +138,7 @@ fn respond(fne: &mut Fne, hit: Hit) -> (u16, String, Duration) {
                 fne.plan.remove(0)
             };
             let mut certify = || {
-                let a = answer(fne.certified.len() + 1, &hit);
+                let a = answer(fne.certified.len() + 1, hit);
                 fne.certified.push((key.clone(), a.clone()));
                 a.to_string()
             };
@@ -257,17 +228,7 @@ fn respond(fne: &mut Fne, hit: Hit) -> (u16, String, Duration) {
 }
 
 fn try_build(yaml: &str) -> Result<Registry, String> {
-    let env = support::env_from(&[("FNE_API_KEY", "fne-api-key")]);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: "/p".into(),
-    };
-    config::load("dossier.yaml", yaml, &ctx, Registry::default()).map_err(|ds| {
-        ds.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    support::load(yaml, &[("FNE_API_KEY", "fne-api-key")], Path::new("/p"))
 }
 
 fn fne(base: &str) -> Arc<dyn Connector> {

@@ -2,71 +2,31 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::any;
-use axum::Router;
-use dossier_connectors::support::BuildContext;
-use dossier_connectors::{config, ConnectorError, EffectRequest, Registry};
+use dossier_connectors::{ConnectorError, EffectRequest, Registry};
 use serde_json::{json, Value};
-
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    uri: String,
-    headers: HeaderMap,
-    body: String,
-}
+use support::{reply, Reply, Stub};
 
 /// A service answering by path: `/ok` 201 JSON, `/down` 503, `/missing` 404, `/garbled` bad
 /// JSON, `/slow` after 3 s, `/text` plain text.
-async fn service() -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let s = seen.clone();
-    let app = Router::new().fallback(any(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let s = s.clone();
-            async move {
-                s.lock().unwrap().push(Seen {
-                    method: method.to_string(),
-                    uri: uri.to_string(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                let json = [("content-type", "application/json")];
-                match uri.path() {
-                    "/api/clients" => (
-                        StatusCode::CREATED,
-                        json,
-                        r#"{"id":"CLI-42","solde":"1250.50"}"#.to_string(),
-                    ),
-                    "/api/down" => (StatusCode::SERVICE_UNAVAILABLE, json, "{}".into()),
-                    "/api/missing" => (
-                        StatusCode::NOT_FOUND,
-                        json,
-                        r#"{"error":"client inconnu"}"#.into(),
-                    ),
-                    "/api/garbled" => (StatusCode::OK, json, "{not json".into()),
-                    "/api/slow" => {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                        (StatusCode::OK, json, "{}".into())
-                    }
-                    _ => (
-                        StatusCode::OK,
-                        [("content-type", "text/plain")],
-                        "bien reçu".into(),
-                    ),
-                }
-            }
+async fn service() -> Stub {
+    Stub::start(|hit, _| match hit.path.as_str() {
+        "/api/clients" => reply(201, r#"{"id":"CLI-42","solde":"1250.50"}"#),
+        "/api/down" => reply(503, "{}"),
+        "/api/missing" => reply(404, r#"{"error":"client inconnu"}"#),
+        "/api/garbled" => reply(200, "{not json"),
+        "/api/slow" => Reply {
+            delay: Duration::from_secs(3),
+            ..reply(200, "{}")
         },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), seen)
+        _ => Reply {
+            headers: vec![("content-type", "text/plain".into())],
+            ..reply(200, "bien reçu")
+        },
+    })
+    .await
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -75,13 +35,12 @@ fn registry(base: &str, extra: &str) -> Registry {
     let text = format!(
         "connectors:\n  crm:\n    type: http\n    base_url: {base}/api\n    headers: {{ Accept-Language: fr }}\n    bearer_token_env: CRM_TOKEN\n    webhook_secret_env: CRM_WEBHOOK\n    timeout_seconds: 1\n{extra}"
     );
-    let env = support::env_from(&[("CRM_TOKEN", "t0ken"), ("CRM_WEBHOOK", SECRET)]);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: ".".into(),
-    };
-    config::load("dossier.yaml", &text, &ctx, Registry::with_builtins())
-        .unwrap_or_else(|d| panic!("{d:?}"))
+    support::load(
+        &text,
+        &[("CRM_TOKEN", "t0ken"), ("CRM_WEBHOOK", SECRET)],
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn effect(operation: &str, request: Value) -> EffectRequest {
@@ -98,7 +57,8 @@ fn effect(operation: &str, request: Value) -> EffectRequest {
 
 #[tokio::test]
 async fn a_json_request_carries_the_key_and_the_secrets_and_records_the_answer() {
-    let (base, seen) = service().await;
+    let server = service().await;
+    let base = server.base.clone();
     let r = registry(&base, "");
     // The body as a template renders it: a string holding JSON.
     let out = r
@@ -114,11 +74,14 @@ async fn a_json_request_carries_the_key_and_the_secrets_and_records_the_answer()
     assert_eq!(out["status"], 201);
     assert_eq!(out["body"]["id"], "CLI-42");
     assert_eq!(out["body"]["solde"], "1250.50");
-    let seen = seen.lock().unwrap().clone();
+    let seen = server.hits();
     assert_eq!(seen.len(), 1);
     let s = &seen[0];
     assert_eq!(s.method, "POST");
-    assert_eq!(s.uri, "/api/clients?pays=CI");
+    assert_eq!(
+        (s.path.as_str(), s.query.as_str()),
+        ("/api/clients", "pays=CI")
+    );
     assert_eq!(s.headers["idempotency-key"], "case-1:notifier_crm#1");
     assert_eq!(s.headers["authorization"], "Bearer t0ken");
     assert_eq!(s.headers["accept-language"], "fr");
@@ -129,7 +92,8 @@ async fn a_json_request_carries_the_key_and_the_secrets_and_records_the_answer()
 
 #[tokio::test]
 async fn failures_are_transient_or_permanent() {
-    let (base, seen) = service().await;
+    let server = service().await;
+    let base = server.base.clone();
     let r = registry(&base, "");
     let call = |req: Value| {
         let r = r.clone();
@@ -159,7 +123,7 @@ async fn failures_are_transient_or_permanent() {
         .await
         .unwrap();
     assert_eq!(ok["status"], 404);
-    let before = seen.lock().unwrap().len();
+    let before = server.hits().len();
     // Refused before any request: a body template that is not JSON, a URL elsewhere.
     let e = call(json!({"path": "clients", "body": "{\"nom\": }"}))
         .await
@@ -186,7 +150,7 @@ async fn failures_are_transient_or_permanent() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("unknown field `verbe`"), "{e}");
-    assert_eq!(seen.lock().unwrap().len(), before);
+    assert_eq!(server.hits().len(), before);
     // Nobody listening.
     let port = support::free_port();
     let r = registry(&format!("http://127.0.0.1:{port}"), "");
@@ -202,7 +166,8 @@ async fn failures_are_transient_or_permanent() {
 
 #[tokio::test]
 async fn an_outgoing_webhook_is_signed_and_keeps_its_id_across_retries() {
-    let (base, seen) = service().await;
+    let server = service().await;
+    let base = server.base.clone();
     let r = registry(&base, "");
     let req = json!({"path": "hooks/dossier", "type": "facture.payee", "data": {"facture": "FAC-2026-0101", "montant": "1250000"}});
     let mut retry = effect("webhook", req.clone());
@@ -210,7 +175,7 @@ async fn an_outgoing_webhook_is_signed_and_keeps_its_id_across_retries() {
     retry.attempt = 2;
     let out = r.call("crm", &retry).await.unwrap();
     assert_eq!(out["webhook_id"], "msg_case-1:notifier_crm#1");
-    let seen = seen.lock().unwrap().clone();
+    let seen = server.hits();
     assert_eq!(seen.len(), 2);
     for s in &seen {
         assert_eq!(s.headers["webhook-id"], "msg_case-1:notifier_crm#1");
@@ -253,14 +218,8 @@ async fn an_outgoing_webhook_is_signed_and_keeps_its_id_across_retries() {
 
 #[test]
 fn configuration_errors_name_the_line() {
-    let env = support::env_from(&[]);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: ".".into(),
-    };
     let text = "connectors:\n  crm:\n    type: http\n    base_url: ftp://crm\n  erp:\n    type: http\n    base_url: https://erp.exemple.ci\n    bearer_token_env: ERP_TOKEN\n  compta:\n    type: http\n    base_url: https://compta.exemple.ci\n    mot_de_passe: secret\n";
-    let e = config::load("dossier.yaml", text, &ctx, Registry::with_builtins()).unwrap_err();
-    let text: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+    let e = support::load(text, &[], Path::new(".")).unwrap_err();
     expect_test::expect![[r#"
         dossier.yaml:12:5: error: connector `compta`: unknown field `mot_de_passe`, expected one of `base_url`, `headers`, `bearer_token_env`, `basic`, `header_secrets`, `webhook_secret_env`, `timeout_seconds`
           hint: the settings of the `http` connector type are described in connectors/docs/http.md
@@ -268,5 +227,5 @@ fn configuration_errors_name_the_line() {
           hint: write it as https://host/path
         dossier.yaml:8:5: error: connector `erp`: the environment variable `ERP_TOKEN` is not set
           hint: export ERP_TOKEN=… before starting Dossier; secrets never go in this file"#]]
-    .assert_eq(&text.join("\n"));
+    .assert_eq(&e);
 }

@@ -3,14 +3,12 @@
 //! receipt printer, and the file system for kept PDFs.
 //!
 //! `ippeveprinter` will not start without D-Bus (for DNS-SD, even with `-r off`), so each
-//! printer gets a private `dbus-daemon` as its "system bus".
+//! printer gets a private `dbus-daemon` as its "system bus" (see `support::servers::Printer`).
 
 mod support;
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,69 +17,8 @@ use dossier_connectors::{escpos, printer, Connector, ConnectorError, EffectReque
 use expect_test::expect;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{free_port, system_program, wait_for_port, ChildGuard};
-
-/// A running `ippeveprinter` and what the test needs to look at it.
-struct Printer {
-    uri: String,
-    spool: PathBuf,
-    _dir: tempfile::TempDir,
-    // Dropped in this order: the printer, then its bus.
-    _printer: ChildGuard,
-    _bus: ChildGuard,
-}
-
-fn start_printer(formats: &str) -> Printer {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    let bus_path = dir.path().join("bus");
-    let bus_address = format!("unix:path={}", bus_path.display());
-    let mut bus = ChildGuard::spawn(
-        "dbus-daemon",
-        Command::new(system_program("dbus-daemon"))
-            .args(["--session", "--nofork", "--nopidfile", "--address"])
-            .arg(&bus_address)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !bus_path.exists() {
-        if let Ok(Some(s)) = bus.child.try_wait() {
-            panic!("dbus-daemon exited with {s}");
-        }
-        assert!(Instant::now() < deadline, "dbus-daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let port = free_port();
-    let mut printer = ChildGuard::spawn(
-        "ippeveprinter",
-        Command::new(system_program("ippeveprinter"))
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus_address)
-            .args(["-p", &port.to_string(), "-d"])
-            .arg(&spool)
-            .args([
-                "-k",
-                "-r",
-                "off",
-                "-f",
-                formats,
-                "-n",
-                "localhost",
-                "DossierTest",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(&mut printer, port);
-    Printer {
-        uri: format!("ipp://localhost:{port}/ipp/print"),
-        spool,
-        _dir: dir,
-        _printer: printer,
-        _bus: bus,
-    }
-}
+use support::servers::{Printer, TicketSink};
+use support::{free_port, system_program};
 
 fn connector(settings: &str, base_dir: &Path) -> Arc<dyn Connector> {
     let env = |_: &str| None;
@@ -109,6 +46,13 @@ fn effect(key: &str, operation: &str, request: Value) -> EffectRequest {
         attempt: 1,
         redelivered: false,
     }
+}
+
+/// Calls `operation` with `request` under the key `k:1`: a call that must fail.
+async fn failure(c: &dyn Connector, operation: &str, request: Value) -> ConnectorError {
+    c.call(&effect("k:1", operation, request))
+        .await
+        .unwrap_err()
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -186,26 +130,9 @@ async fn call_retrying(c: &dyn Connector, e: &EffectRequest) -> Value {
     }
 }
 
-/// The files the printer kept, waiting until `n` are there.
-fn spooled(spool: &Path, n: usize) -> Vec<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(spool)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
-            .collect();
-        files.sort();
-        if files.len() >= n || Instant::now() > deadline {
-            return files;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prints_once_per_idempotency_key_on_an_ipp_printer() {
-    let p = start_printer("application/pdf");
+    let p = Printer::start("application/pdf");
     let c = connector(
         &format!("ipp_url: {}\ntimeout_seconds: 10\n", p.uri),
         Path::new("/"),
@@ -229,7 +156,7 @@ async fn prints_once_per_idempotency_key_on_an_ipp_printer() {
     assert_eq!(jobs[0].1, "DOS-2024-017:imprimer#1");
 
     // It kept exactly the PDF we sent, with the French text intact.
-    let files = spooled(&p.spool, 1);
+    let files = p.spooled(1);
     assert_eq!(files.len(), 1, "{files:?}");
     let kept = std::fs::read(&files[0]).unwrap();
     assert_eq!(json!(sha256(&kept)), first["sha256"]);
@@ -266,21 +193,14 @@ async fn prints_once_per_idempotency_key_on_an_ipp_printer() {
         names.contains(&"DOS-2024-018:imprimer#1".to_string()),
         "{names:?}"
     );
-    assert_eq!(spooled(&p.spool, 2).len(), 2);
+    assert_eq!(p.spooled(2).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_printer_refusing_pdf_is_a_permanent_failure() {
-    let p = start_printer("image/pwg-raster");
+    let p = Printer::start("image/pwg-raster");
     let c = connector(&format!("ipp_url: {}\n", p.uri), Path::new("/"));
-    let e = c
-        .call(&effect(
-            "k:1",
-            "print",
-            json!({"document": "Bonjour", "title": "t"}),
-        ))
-        .await
-        .unwrap_err();
+    let e = failure(&*c, "print", json!({"document": "Bonjour", "title": "t"})).await;
     assert!(!e.is_transient(), "{e}");
     // ippeveprinter says client-error-attributes-or-values-not-supported (others say
     // client-error-document-format-not-supported): a client error either way.
@@ -296,20 +216,10 @@ async fn a_printer_that_is_down_is_a_transient_failure() {
         &format!("ipp_url: ipp://127.0.0.1:{port}/ipp/print\nescpos: {{host: 127.0.0.1, port: {port}}}\ntimeout_seconds: 3\n"),
         Path::new("/"),
     );
-    let e = c
-        .call(&effect(
-            "k:1",
-            "print",
-            json!({"document": "Bonjour", "title": "t"}),
-        ))
-        .await
-        .unwrap_err();
+    let e = failure(&*c, "print", json!({"document": "Bonjour", "title": "t"})).await;
     assert!(e.is_transient(), "{e}");
     assert!(e.to_string().contains("cannot connect"), "{e}");
-    let e = c
-        .call(&effect("k:1", "ticket", json!({"document": "Bonjour"})))
-        .await
-        .unwrap_err();
+    let e = failure(&*c, "ticket", json!({"document": "Bonjour"})).await;
     assert!(e.is_transient(), "{e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
 }
@@ -320,45 +230,31 @@ async fn markup_errors_are_permanent_and_name_their_lines() {
         "ipp_url: ipp://127.0.0.1:9/ipp/print\ndocuments_dir: docs\n",
         Path::new("/nonexistent"),
     );
-    let e = c
-        .call(&effect(
-            "k:1",
-            "print",
-            json!({"document": "# Facture\n\n[qrcode] x\n@milieu\n", "title": "t"}),
-        ))
-        .await
-        .unwrap_err();
+    let e = failure(
+        &*c,
+        "print",
+        json!({"document": "# Facture\n\n[qrcode] x\n@milieu\n", "title": "t"}),
+    )
+    .await;
     assert!(matches!(e, ConnectorError::Permanent(_)), "{e}");
     expect![[r#"
         imprimante.print: the document's markup is wrong:
         line 3: unknown directive `[qrcode]`: the directives are [qr], [page] and [cut] (start the line with `\` to print it as text)
         line 4: unknown alignment `@milieu`: write @left, @center or @right (start the line with `\` to print it as text)"#]]
     .assert_eq(&e.to_string());
-    let e = c
-        .call(&effect(
-            "k:1",
-            "pdf",
-            json!({"document": "x", "titre": "t"}),
-        ))
-        .await
-        .unwrap_err();
+    let e = failure(&*c, "pdf", json!({"document": "x", "titre": "t"})).await;
     assert!(matches!(e, ConnectorError::Permanent(_)), "{e}");
     assert!(e.to_string().contains("unknown field `titre`"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_reaches_the_receipt_printer_byte_for_byte() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let sink = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
+    let sink = TicketSink::start();
     let c = connector(
-        &format!("escpos: {{host: 127.0.0.1, port: {port}, width: 32}}\n"),
+        &format!(
+            "escpos: {{host: 127.0.0.1, port: {}, width: 32}}\n",
+            sink.port
+        ),
         Path::new("/"),
     );
     assert_eq!(c.operations(), ["ticket"]);
@@ -367,7 +263,9 @@ async fn a_ticket_reaches_the_receipt_printer_byte_for_byte() {
         .call(&effect("k:1", "ticket", json!({"document": doc})))
         .await
         .unwrap();
-    let got = sink.join().unwrap();
+    let mut tickets = sink.received(1);
+    assert_eq!(tickets.len(), 1, "one connection");
+    let got = tickets.remove(0);
     assert_eq!(result["bytes"], json!(got.len()));
     assert_eq!(result["sha256"], json!(sha256(&got)));
     // Initialise, PC858, centred double-size bold title, the text in PC858 (€ = d5), the QR code

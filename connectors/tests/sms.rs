@@ -4,102 +4,18 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::any;
-use axum::Router;
 use base64::Engine as _;
-use dossier_connectors::support::BuildContext;
 use dossier_connectors::{
-    config, Connector, ConnectorError, EffectRequest, IncomingReceipt, Receipt, ReceiptError,
-    Registry,
+    Connector, ConnectorError, EffectRequest, IncomingReceipt, Receipt, ReceiptError, Registry,
 };
 use hmac::Mac;
 use serde_json::{json, Value};
 
-use support::Hit;
-
-struct Reply {
-    status: u16,
-    body: String,
-    delay: Duration,
-}
-
-fn reply(status: u16, body: impl Into<String>) -> Reply {
-    Reply {
-        status,
-        body: body.into(),
-        delay: Duration::ZERO,
-    }
-}
-
-/// A stub answering each request with `respond(request, earlier requests)`.
-struct Stub {
-    base: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stub {
-    async fn start(respond: impl Fn(&Hit, &[Hit]) -> Reply + Send + Sync + 'static) -> Stub {
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let respond = Arc::new(respond);
-        let h = hits.clone();
-        let app = Router::new().fallback(any(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (h, respond) = (h.clone(), respond.clone());
-                async move {
-                    let hit = Hit {
-                        method: method.to_string(),
-                        path: uri.path().to_string(),
-                        query: uri.query().unwrap_or("").to_string(),
-                        headers,
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    };
-                    let r = {
-                        let mut all = h.lock().unwrap();
-                        let r = respond(&hit, &all);
-                        all.push(hit);
-                        r
-                    };
-                    tokio::time::sleep(r.delay).await;
-                    (
-                        StatusCode::from_u16(r.status).unwrap(),
-                        [("content-type", "application/json")],
-                        r.body,
-                    )
-                }
-            },
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Stub {
-            base: format!("http://{addr}"),
-            hits,
-            task,
-        }
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.hits().iter().filter(|h| h.path == path).count()
-    }
-}
+use support::{reply, Hit, Reply, Stub};
 
 const ENV: &[(&str, &str)] = &[
     ("ORANGE_ID", "orangeid42"),
@@ -112,17 +28,7 @@ const TOKEN_PATH: &str = "/oauth/v3/token";
 const SEND_PATH: &str = "/smsmessaging/v1/outbound/tel%3A%2B2250700000000/requests";
 
 fn try_build(yaml: &str) -> Result<Registry, String> {
-    let env = support::env_from(ENV);
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: "/p".into(),
-    };
-    config::load("dossier.yaml", yaml, &ctx, Registry::default()).map_err(|ds| {
-        ds.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    support::load(yaml, ENV, Path::new("/p"))
 }
 
 fn build(yaml: &str) -> Arc<dyn Connector> {

@@ -194,7 +194,11 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
     );
     for c in &m.connectors {
         let name = escape(&c.connector);
-        for (result, n) in [("ok", c.ok), ("transient", c.transient), ("permanent", c.permanent)] {
+        for (result, n) in [
+            ("ok", c.ok),
+            ("transient", c.transient),
+            ("permanent", c.permanent),
+        ] {
             let _ = writeln!(
                 out,
                 "dossier_effects_total{{connector=\"{name}\",result=\"{result}\"}} {n}"

@@ -5,10 +5,14 @@
 
 pub mod servers;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
 /// A port nobody listens on right now, on 127.0.0.1, and never handed out before in this
 /// process: the servers bind it a moment later, and two tests running side by side must not be
@@ -114,6 +118,20 @@ pub fn wait_for_port(guard: &mut ChildGuard, port: u16) {
     }
 }
 
+/// Copies the folder `from` (a project) into `to`, which it creates.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// The environment of a test: nothing but what it passes.
 pub fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let pairs: Vec<(String, String)> = pairs
@@ -121,6 +139,26 @@ pub fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     move |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+}
+
+/// Builds the connectors a `dossier.yaml` text declares, with the environment `env` and the
+/// project folder `project`; when it cannot, its diagnostics, one a line.
+pub fn load(
+    yaml: &str,
+    env: &[(&str, &str)],
+    project: &Path,
+) -> Result<dossier_connectors::Registry, String> {
+    let env = env_from(env);
+    let ctx = dossier_connectors::support::BuildContext {
+        env: &env,
+        base_dir: project.to_path_buf(),
+    };
+    dossier_connectors::config::load("dossier.yaml", yaml, &ctx, Default::default()).map_err(|ds| {
+        ds.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 /// One request a local stub received (SMS gateways and the fiscal administration have no
@@ -150,5 +188,95 @@ impl Hit {
         url::form_urlencoded::parse(self.body.as_bytes())
             .into_owned()
             .collect()
+    }
+}
+
+/// What a [`Stub`] answers to one request.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// How long the stub waits before answering.
+    pub delay: Duration,
+}
+
+/// A JSON answer, given at once.
+pub fn reply(status: u16, body: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        headers: vec![("content-type", "application/json".to_string())],
+        body: body.into(),
+        delay: Duration::ZERO,
+    }
+}
+
+/// A local HTTP stub on a free loopback port: records every request as a [`Hit`] and answers
+/// it with `respond(request, the requests before it)`. Stopped when dropped.
+pub struct Stub {
+    pub addr: SocketAddr,
+    /// `http://` and the address.
+    pub base: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stub {
+    pub async fn start(respond: impl Fn(&Hit, &[Hit]) -> Reply + Send + Sync + 'static) -> Stub {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let respond = Arc::new(respond);
+        let h = hits.clone();
+        let app = axum::Router::new().fallback(axum::routing::any(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (h, respond) = (h.clone(), respond.clone());
+                async move {
+                    let hit = Hit {
+                        method: method.to_string(),
+                        path: uri.path().to_string(),
+                        query: uri.query().unwrap_or("").to_string(),
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    };
+                    let r = {
+                        let mut all = h.lock().unwrap();
+                        let r = respond(&hit, &all);
+                        all.push(hit);
+                        r
+                    };
+                    tokio::time::sleep(r.delay).await;
+                    let mut headers = HeaderMap::new();
+                    for (k, v) in r.headers {
+                        headers.insert(k, v.parse().unwrap());
+                    }
+                    (StatusCode::from_u16(r.status).unwrap(), headers, r.body)
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Stub {
+            addr,
+            base: format!("http://{addr}"),
+            hits,
+            task,
+        }
+    }
+
+    /// The requests received so far, in order.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// How many requests went to `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.hits().iter().filter(|h| h.path == path).count()
     }
 }

@@ -2,9 +2,10 @@
 //! temporary folder and stopped when dropped: aiosmtpd (SMTP), Radicale (CalDAV), ippeveprinter
 //! (IPP, with the private D-Bus it needs), and a TCP sink standing for an ESC/POS printer.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ pub struct Smtp {
 impl Smtp {
     /// `args`: more arguments for `smtp_server.py` (`--tls starttls --cert … --key …`,
     /// `--user … --password …`, `--reject ADDR`, `--defer ADDR`).
-    pub fn start(args: &[&std::ffi::OsStr]) -> Smtp {
+    pub fn start(args: &[&OsStr]) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         let maildir = dir.path().join("Maildir");
         let port = free_port();
@@ -44,6 +45,30 @@ impl Smtp {
         }
     }
 
+    /// aiosmtpd speaking `tls` (`none`, `starttls` or `tls`), presenting the certificate and key
+    /// of `cert_key`, requiring `auth` (user, password) when given, with `extra` arguments.
+    pub fn start_secured(
+        tls: &str,
+        cert_key: Option<(&Path, &Path)>,
+        auth: Option<(&str, &str)>,
+        extra: &[&str],
+    ) -> Smtp {
+        let mut args: Vec<&OsStr> = vec![OsStr::new("--tls"), OsStr::new(tls)];
+        if let Some((cert, key)) = cert_key {
+            args.extend([
+                OsStr::new("--cert"),
+                cert.as_os_str(),
+                OsStr::new("--key"),
+                key.as_os_str(),
+            ]);
+        }
+        if let Some((user, password)) = auth {
+            args.extend(["--user", user, "--password", password].map(OsStr::new));
+        }
+        args.extend(extra.iter().map(OsStr::new));
+        Smtp::start(&args)
+    }
+
     /// The messages taken so far, oldest first.
     pub fn messages(&self) -> Vec<Vec<u8>> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
@@ -60,6 +85,13 @@ impl Smtp {
             .into_iter()
             .map(|(_, p)| std::fs::read(p).unwrap())
             .collect()
+    }
+
+    /// The one message taken so far.
+    pub fn only_message(&self) -> Vec<u8> {
+        let mut all = self.messages();
+        assert_eq!(all.len(), 1, "expected one message in the Maildir");
+        all.remove(0)
     }
 }
 
@@ -174,9 +206,9 @@ impl Printer {
         }
     }
 
-    /// The files the printer kept, after waiting up to 10 s for `n` of them.
+    /// The files the printer kept, after waiting up to 20 s for `n` of them.
     pub fn spooled(&self, n: usize) -> Vec<PathBuf> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&self.spool)
                 .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -212,5 +244,18 @@ impl TicketSink {
             }
         });
         TicketSink { port, tickets }
+    }
+
+    /// The tickets received so far (each connection's bytes, once it closed), after waiting up
+    /// to 10 s for `n` of them.
+    pub fn received(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tickets = self.tickets.lock().unwrap().clone();
+            if tickets.len() >= n || Instant::now() > deadline {
+                return tickets;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
