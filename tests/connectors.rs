@@ -336,6 +336,12 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
     assert!(text.contains("Reçu de dépôt n° DEP-2026-0042"), "{text}");
     assert!(text.contains("9606123E26000000000"), "{text}");
     assert!(text.contains("Écran fissuré, ne charge plus"), "{text}");
+    // The deposit invoice's number: the first of the ACP series this year.
+    let year = chrono::Utc::now().format("%Y").to_string();
+    assert!(
+        text.contains(&format!("Facture d'acompte n° ACP-{year}-00001")),
+        "{text}"
+    );
 
     // The ticket printer got one ticket: init, the deposit number, a QR code, a cut.
     let tickets = till.received(1);
@@ -489,6 +495,10 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         hits[0].json()["data"]["reference_fne"],
         "9606123E26000000000"
     );
+    assert_eq!(
+        hits[0].json()["data"]["facture"],
+        format!("ACP-{year}-00001")
+    );
 
     // The history holds each request and answer, in the workflow's order.
     let history = api.history(&case, &admin).await;
@@ -503,6 +513,7 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         .collect();
     let expected: Vec<(String, String)> = [
         ("fne", "certify"),
+        ("dossier.numbering", "next"),
         ("imprimante", "print"),
         ("caisse", "ticket"),
         ("agenda", "publish"),
@@ -518,19 +529,23 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         .into_iter()
         .map(|e| &e["payload"]["result"])
         .collect();
-    assert_eq!(answers.len(), 7);
+    assert_eq!(answers.len(), 8);
     assert_eq!(answers[0]["reference"], "9606123E26000000000");
-    assert!(
-        answers[1]["job_id"].is_number() && answers[1]["job_state"].is_string(),
-        "{}",
-        answers[1]
+    assert_eq!(
+        answers[1],
+        &json!({"number": format!("ACP-{year}-00001"), "series": "ACP", "period": year, "seq": 1})
     );
-    assert_eq!(answers[3]["outcome"], "created");
-    assert!(answers[4]["message_id"]
+    assert!(
+        answers[2]["job_id"].is_number() && answers[2]["job_state"].is_string(),
+        "{}",
+        answers[2]
+    );
+    assert_eq!(answers[4]["outcome"], "created");
+    assert!(answers[5]["message_id"]
         .as_str()
         .unwrap()
         .ends_with("@reparations.exemple.ci>"));
-    assert_eq!(answers[5]["provider"], "orange");
+    assert_eq!(answers[6]["provider"], "orange");
     let all = serde_json::to_string(&history).unwrap();
     for secret in [
         "cle-fne",

@@ -21,7 +21,9 @@ pub mod replay;
 
 pub use event::{Event, ParentRef, TimerPurpose};
 pub use fields::{check_fields, FieldError};
-pub use machine::{correlation_text, Action, CaseState, CaseStatus, Rejection, Transition};
+pub use machine::{
+    correlation_text, Action, CaseState, CaseStatus, Rejection, Transition, NUMBERING_CONNECTOR,
+};
 pub use program::{Node, NodeId, Pinned, Program, StepList, TemplateSource};
 
 pub type Result<T> = std::result::Result<T, CoreError>;

@@ -226,6 +226,10 @@ impl Notice {
     }
 }
 
+/// The connector name of the internal effect that allocates the next number of a series
+/// (`number` steps); the runtime performs it against the store.
+pub const NUMBERING_CONNECTOR: &str = "dossier.numbering";
+
 #[derive(Debug, Clone)]
 enum Ending {
     Failed(String),
@@ -829,6 +833,7 @@ impl CaseState {
             StepKind::ForEach => self.exec_for_each(tx, tid, node_id),
             StepKind::Call => self.exec_call(tx, tid, node_id),
             StepKind::Render => self.exec_render(tx, tid, node_id),
+            StepKind::Number => self.exec_number(tx, tid, node_id),
             StepKind::Fail => {
                 let msg = step.fail.clone().unwrap_or_default();
                 let msg = self.render_inline(tx, &msg).unwrap_or(msg);
@@ -1773,6 +1778,72 @@ impl CaseState {
             let (text, _) = self.render_template(tx, path)?;
             request.insert(name.clone(), Value::String(text));
         }
+        let timeout_ms = match &step.timeout {
+            Some(t) => Some(
+                IsoDuration::parse(t)
+                    .map_err(|e| StepError::fatal(e.to_string()))?
+                    .approx_seconds()
+                    .saturating_mul(1000),
+            ),
+            None => None,
+        };
+        let (connector, operation) = (spec.connector.clone(), spec.operation.clone());
+        self.request_effect(
+            tx,
+            tid,
+            node_id,
+            connector,
+            operation,
+            Value::Object(request),
+            timeout_ms,
+        );
+        Ok(())
+    }
+
+    /// The next number of a gapless series, allocated by the runtime (an internal effect whose
+    /// key makes a repeated request get the same number).
+    fn exec_number(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {
+        let step = &tx.prog.node(node_id).step;
+        let spec = step.number.as_ref().expect("a number step has a number");
+        let period = match &spec.period {
+            Some(e) => match self.eval(tx, &e.0)? {
+                Value::String(s) if !s.trim().is_empty() => s,
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(StepError::fatal(format!(
+                        "the period of the series `{}` must be a text or a number, not {other}",
+                        spec.series
+                    )))
+                }
+            },
+            None => tx.now.format("%Y").to_string(),
+        };
+        let request = json!({"series": spec.series, "period": period, "format": spec.format});
+        self.request_effect(
+            tx,
+            tid,
+            node_id,
+            NUMBERING_CONNECTOR.to_string(),
+            "next".to_string(),
+            request,
+            None,
+        );
+        Ok(())
+    }
+
+    /// Records an effect request for the thread's step and waits for its answer.
+    #[allow(clippy::too_many_arguments)] // the parts of one request, side by side
+    fn request_effect(
+        &mut self,
+        tx: &mut Tx,
+        tid: u32,
+        node_id: NodeId,
+        connector: String,
+        operation: String,
+        request: Value,
+        timeout_ms: Option<u64>,
+    ) {
+        let step = &tx.prog.node(node_id).step;
         let attempt = self.threads[&tid].attempt;
         let key = match self.threads[&tid].key.clone() {
             Some(k) => k,
@@ -1784,21 +1855,11 @@ impl CaseState {
                 k
             }
         };
-        let timeout_ms = match &step.timeout {
-            Some(t) => Some(
-                IsoDuration::parse(t)
-                    .map_err(|e| StepError::fatal(e.to_string()))?
-                    .approx_seconds()
-                    .saturating_mul(1000),
-            ),
-            None => None,
-        };
-        let request = Value::Object(request);
         tx.emit(Event::EffectRequested {
             step: step.id.clone(),
             key: key.clone(),
-            connector: spec.connector.clone(),
-            operation: spec.operation.clone(),
+            connector: connector.clone(),
+            operation: operation.clone(),
             request: request.clone(),
             attempt,
             timeout_ms,
@@ -1806,8 +1867,8 @@ impl CaseState {
         let action = Action::PerformEffect {
             key: key.clone(),
             step: step.id.clone(),
-            connector: spec.connector.clone(),
-            operation: spec.operation.clone(),
+            connector,
+            operation,
             request,
             attempt,
             timeout_ms,
@@ -1821,7 +1882,6 @@ impl CaseState {
             },
         );
         self.set_waiting(tid);
-        Ok(())
     }
 
     fn exec_for_each(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {

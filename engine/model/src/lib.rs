@@ -14,6 +14,7 @@ pub mod cron;
 mod diag;
 mod duration;
 pub mod graph;
+pub mod numbering;
 mod parse;
 pub mod schema;
 mod spans;

@@ -1165,6 +1165,37 @@ impl<'a> Checker<'a> {
         if let Some(template) = &step.render {
             self.check_template(&format!("{sp}.render"), template);
         }
+        if let Some(n) = &step.number {
+            self.check_number(&sp, step, n);
+        }
+    }
+
+    fn check_number(&mut self, sp: &str, step: &Step, n: &crate::NumberSpec) {
+        let np = format!("{sp}.number");
+        if let Err(m) = crate::numbering::check_series(&n.series) {
+            self.error(
+                self.value(&format!("{np}.series")),
+                m,
+                "name the series in capitals, such as `FAC` for invoices or `AV` for credit notes",
+            );
+        }
+        if let Err(m) = crate::numbering::check_format(&n.format) {
+            self.error(
+                self.value(&format!("{np}.format")),
+                format!("the number format `{}`: {m}", n.format),
+                "write it with {series}, {period} and {seq}, such as `{series}-{period}-{seq:04}`",
+            );
+        }
+        if let Some(p) = &n.period {
+            self.check_expr(&format!("{np}.period"), p.as_str(), ExprContext::Case);
+        }
+        if step.result.is_none() {
+            self.error(
+                self.key(&np),
+                "the number is given to nobody: the step has no `result`",
+                "add `result: numero` and use `numero.number` in the document it numbers",
+            );
+        }
     }
 
     /// Fields that only mean something for some kinds of step.

@@ -261,6 +261,11 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<String>,
 
+    /// Give the case the next number of a gapless series (`FAC-2026-0001`) for a document it
+    /// issues; the step's result is `{number, series, period, seq}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<NumberSpec>,
+
     /// Variable that receives the step's result (rule output, event payload, task decision,
     /// connector answer, sub-workflow output, rendered text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +311,28 @@ pub struct EventInterrupt {
     pub result: Option<String>,
     /// Step of the top list where the case goes on (`end` ends it).
     pub goto: String,
+}
+
+/// A gapless numbering series: numbers follow each other without a gap per series and
+/// period, two cases never get the same one, and a step asking again (after a restart) gets the
+/// number it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NumberSpec {
+    /// Series name: capital letters, digits, `_` and `-` (`FAC`, `AV`, `DEP`).
+    pub series: String,
+    /// The period numbers restart in: an expression giving a text or a whole number; default the
+    /// year of the engine's clock when the step runs (`2026`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Expr>,
+    /// How the number is written: `{series}`, `{period}` and `{seq}` (`{seq:04}`: at least 4
+    /// digits, zero-padded); default `{series}-{period}-{seq:04}`.
+    #[serde(default = "default_number_format")]
+    pub format: String,
+}
+
+fn default_number_format() -> String {
+    "{series}-{period}-{seq:04}".to_string()
 }
 
 /// Exactly one of `duration` and `until`.
@@ -472,6 +499,7 @@ pub enum StepKind {
     Call,
     Render,
     Fail,
+    Number,
 }
 
 impl StepKind {
@@ -489,6 +517,7 @@ impl StepKind {
             StepKind::Call => "call",
             StepKind::Render => "render",
             StepKind::Fail => "fail",
+            StepKind::Number => "number",
         }
     }
 }
@@ -514,6 +543,7 @@ impl Step {
         add(self.call.is_some(), StepKind::Call);
         add(self.render.is_some(), StepKind::Render);
         add(self.fail.is_some(), StepKind::Fail);
+        add(self.number.is_some(), StepKind::Number);
         k
     }
 

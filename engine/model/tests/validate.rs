@@ -734,6 +734,44 @@ steps:
 }
 
 #[test]
+fn number_steps() {
+    check(
+        r#"
+id: test
+version: 1
+title: Test
+steps:
+  - id: serie_minuscule
+    number: { series: fac }
+    result: numero
+  - id: sans_sequence
+    number: { series: FAC, format: "{series}-{period}" }
+    result: numero
+  - id: repere_inconnu
+    number: { series: FAC, format: "{series}-{annee}-{seq:04}" }
+    result: numero
+  - id: sans_resultat
+    number: { series: AV, period: "(input.exercice" }
+  - id: juste
+    number: { series: AV, format: "AV/{period}/{seq:03}", period: '"2026-T1"' }
+    result: avoir
+"#,
+        expect![[r#"
+            workflows/test.yaml:7:23: error: `fac` is not a series name: use capital letters, digits, `_` and `-`, such as `FAC`
+              hint: name the series in capitals, such as `FAC` for invoices or `AV` for credit notes
+            workflows/test.yaml:10:36: error: the number format `{series}-{period}`: the format has no `{seq}`: every number would be the same
+              hint: write it with {series}, {period} and {seq}, such as `{series}-{period}-{seq:04}`
+            workflows/test.yaml:13:36: error: the number format `{series}-{annee}-{seq:04}`: `{annee}` is not a placeholder: use {series}, {period}, {seq} or {seq:04}
+              hint: write it with {series}, {period} and {seq}, such as `{series}-{period}-{seq:04}`
+            workflows/test.yaml:16:5: error: the number is given to nobody: the step has no `result`
+              hint: add `result: numero` and use `numero.number` in the document it numbers
+            workflows/test.yaml:16:35: error: expression `(input.exercice` does not compile: expecting `)` to close `(` (position 1)
+              hint: fix the Rhai expression; text values need quotes inside it, e.g. `statut == "payee"`
+        "#]],
+    );
+}
+
+#[test]
 fn calls() {
     check(
         r#"

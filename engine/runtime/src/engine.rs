@@ -1892,6 +1892,11 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             hand_back(&inner, key, parent, event);
             return;
         }
+        if job.connector == dossier_core::NUMBERING_CONNECTOR {
+            let event = allocate_number(&inner, &job).await;
+            hand_back(&inner, key, job.case_id, event);
+            return;
+        }
         let permit = inner.effect_slots.clone().acquire_owned().await;
         let req = EffectRequest {
             idempotency_key: job.key.clone(),
@@ -1935,6 +1940,29 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
         };
         hand_back(&inner, key, job.case_id, event);
     });
+}
+
+/// Gives a `number` step its number: allocated in the store, the same for the same key.
+async fn allocate_number(inner: &Inner, job: &EffectJob) -> Event {
+    let ask = crate::numbering::Ask::of(&job.request);
+    let req = dossier_store::NumberRequest {
+        series: ask.series.clone(),
+        period: ask.period.clone(),
+        key: job.key.clone(),
+        case_id: job.case_id.clone(),
+        at: inner.clock.now().timestamp_millis(),
+    };
+    match inner.store.allocate_number(&req).await {
+        Ok(a) => ask.answer(job.key.clone(), a.seq),
+        Err(e) => Event::EffectFailed {
+            key: job.key.clone(),
+            error: format!(
+                "cannot allocate a number of the series `{}` ({}): {e}",
+                ask.series, ask.period
+            ),
+            retryable: true,
+        },
+    }
 }
 
 // ---- timers ----

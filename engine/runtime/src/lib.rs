@@ -12,6 +12,7 @@ pub mod casefile;
 pub mod cron;
 pub mod engine;
 pub mod metrics;
+mod numbering;
 pub mod programs;
 pub mod project;
 pub mod simulate;

@@ -52,6 +52,8 @@ pub struct Simulation<'p> {
     waits: Vec<(String, String, String, String)>,
     pub tasks: BTreeMap<String, SimTask>,
     effects: VecDeque<(String, Action)>,
+    /// `number` steps' series, counted in memory.
+    numbers: crate::numbering::MemoryNumbers,
     connectors: BTreeMap<String, Arc<RecordingConnector>>,
     /// Every connector call in order, with the virtual time it happened.
     pub calls: Vec<(DateTime<Utc>, Recorded)>,
@@ -75,6 +77,7 @@ impl<'p> Simulation<'p> {
             waits: Vec::new(),
             tasks: BTreeMap::new(),
             effects: VecDeque::new(),
+            numbers: Default::default(),
             connectors: BTreeMap::new(),
             calls: Vec::new(),
             timeline: Vec::new(),
@@ -247,6 +250,18 @@ impl<'p> Simulation<'p> {
                     attempt,
                     ..
                 } => {
+                    if connector == dossier_core::NUMBERING_CONNECTOR {
+                        let ask = crate::numbering::Ask::of(&request);
+                        let seq = self.numbers.allocate(&ask, &key);
+                        let event = ask.answer(key, seq);
+                        let case = self
+                            .cases
+                            .get_mut(&case_id)
+                            .ok_or_else(|| RuntimeError::UnknownCase(case_id.clone()))?;
+                        let t = case.state.handle(&case.program, event, self.now)?;
+                        self.apply(&case_id, t);
+                        continue;
+                    }
                     let double = self.connector(&connector);
                     let effect = EffectRequest {
                         idempotency_key: key.clone(),

@@ -141,6 +141,7 @@ engine_tests!(
     many_cases_at_once_complete_with_one_effect_each,
     restart_while_an_effect_is_in_flight,
     restart_while_a_timer_is_pending,
+    numbers_are_gapless_and_unique_across_concurrent_cases,
 );
 
 // =============================================================================================
@@ -169,6 +170,31 @@ steps:
 output:
   frais: frais
   envoye: accuse.ok
+"#;
+
+const FACTURE: &str = r#"
+id: facture
+version: 1
+title: Émission d'une facture numérotée
+input:
+  client: { type: text }
+  avoir: { type: boolean }
+steps:
+  - id: aiguillage
+    branch:
+      - when: input.avoir
+        goto: numero_avoir
+    otherwise: numero_facture
+  - id: numero_facture
+    number: { series: FAC }
+    result: numero
+    next: end
+  - id: numero_avoir
+    number: { series: AV, format: "AV/{period}/{seq:03}", period: '"2026-T1"' }
+    result: numero
+output:
+  numero: numero.number
+  seq: numero.seq
 "#;
 
 const PAIEMENT: &str = r#"
@@ -324,6 +350,7 @@ fn project() -> (tempfile::TempDir, Arc<Project>) {
         ("parent", PARENT),
         ("enfant", ENFANT),
         ("parent_errone", PARENT_ERRONE),
+        ("facture", FACTURE),
     ] {
         write(root, &format!("workflows/{name}.yaml"), text);
     }
@@ -518,8 +545,11 @@ async fn check_all_cases(engine: &Engine, sms: &[Arc<RecordingConnector>]) {
             rec.id
         );
         for r in &events {
-            if let Event::EffectRequested { key, .. } = &r.event {
-                requested.insert(key.clone());
+            if let Event::EffectRequested { key, connector, .. } = &r.event {
+                // Numbers are allocated by the store, not by a connector.
+                if connector != dossier_core::NUMBERING_CONNECTOR {
+                    requested.insert(key.clone());
+                }
             }
         }
     }
@@ -977,6 +1007,62 @@ fn many_cases_at_once_complete_with_one_effect_each(db: &Db) {
             assert_eq!(done.status, CaseStatus::Completed);
         }
         assert_eq!(n.sms.calls().len(), 40);
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
+    });
+}
+
+/// 30 invoices and 10 credit notes issued at once: each series counts 1, 2, 3… without a gap
+/// or a repeat, and the store knows which case got which number.
+fn numbers_are_gapless_and_unique_across_concurrent_cases(db: &Db) {
+    runtime().block_on(async {
+        let n = node(db).await;
+        let mut runs = Vec::new();
+        for i in 0..40 {
+            let engine = n.engine.clone();
+            runs.push(tokio::spawn(async move {
+                engine
+                    .run_case(
+                        "facture",
+                        json!({"client": format!("c{i}"), "avoir": i % 4 == 0}),
+                    )
+                    .await
+            }));
+        }
+        let mut invoices = Vec::new();
+        let mut credit_notes = Vec::new();
+        for r in runs {
+            let done = tokio::time::timeout(DEADLINE, r)
+                .await
+                .expect("every case ends in time")
+                .unwrap()
+                .unwrap();
+            assert_eq!(done.status, CaseStatus::Completed);
+            let number = done.output["numero"].as_str().unwrap().to_string();
+            if number.starts_with("AV/") {
+                credit_notes.push((done.case_id.clone(), number));
+            } else {
+                invoices.push((done.case_id.clone(), number));
+            }
+        }
+        let mut got: Vec<String> = invoices.iter().map(|(_, n)| n.clone()).collect();
+        got.sort();
+        let want: Vec<String> = (1..=30).map(|i| format!("FAC-2026-{i:04}")).collect();
+        assert_eq!(got, want);
+        let mut got: Vec<String> = credit_notes.iter().map(|(_, n)| n.clone()).collect();
+        got.sort();
+        let want: Vec<String> = (1..=10).map(|i| format!("AV/2026-T1/{i:03}")).collect();
+        assert_eq!(got, want);
+        // The store's register agrees with what each case recorded.
+        let register = n.engine.store().numbers("FAC", "2026").await.unwrap();
+        assert_eq!(register.len(), 30);
+        for (i, r) in register.iter().enumerate() {
+            assert_eq!(r.seq, i as i64 + 1);
+            let (case, number) = invoices
+                .iter()
+                .find(|(c, _)| *c == r.case_id)
+                .expect("a case of the register");
+            assert_eq!(number, &format!("FAC-2026-{:04}", r.seq), "case {case}");
+        }
         check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use crate::{
     audit_hash, ApiKeyRecord, AuditEntry, AuditRecord, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, TaskRecord, TaskUpdate, TimerRecord, WaitRecord,
-    AUDIT_GENESIS,
+    EffectRecord, EventRecord, InboxRecord, NumberAllocation, NumberKeyReuse, NumberRecord,
+    NumberRequest, StoreError, TaskRecord, TaskUpdate, TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
 
 // Column lists as macros rather than consts so that `concat!` can build whole `&'static str`
@@ -66,9 +66,14 @@ macro_rules! audit_cols {
         "seq, at, actor, role, action, target, origin, request_id, details, prev_hash, hash"
     };
 }
+macro_rules! number_cols {
+    () => {
+        "series, period, seq, key, case_id, at"
+    };
+}
 pub(crate) use {
     api_key_cols, audit_cols, case_cols, definition_cols, effect_cols, event_cols, inbox_cols,
-    task_cols, timer_cols, wait_cols,
+    number_cols, task_cols, timer_cols, wait_cols,
 };
 
 // Positional row tuples, decoded in the order of the column lists above. Tuples implement
@@ -123,6 +128,7 @@ pub(crate) type TaskRow = (
 pub(crate) type DefinitionRow = (String, String, String, Option<i64>, String, i64);
 pub(crate) type InboxRow = (String, String, String, String, String, i64);
 pub(crate) type ApiKeyRow = (String, String, String, String, i64, Option<i64>);
+pub(crate) type NumberRow = (String, String, i64, String, String, i64);
 pub(crate) type AuditRow = (
     i64,
     i64,
@@ -269,6 +275,48 @@ pub(crate) fn audit_from(r: AuditRow) -> AuditRecord {
         },
         prev_hash: r.9,
         hash: r.10,
+    }
+}
+
+pub(crate) fn number_from(r: NumberRow) -> NumberRecord {
+    NumberRecord {
+        series: r.0,
+        period: r.1,
+        seq: r.2,
+        key: r.3,
+        case_id: r.4,
+        at: r.5,
+    }
+}
+
+/// The answer to `req` when its key already holds `existing`: that number again (not fresh) if
+/// it is of the series and period asked for, else [`StoreError::NumberKeyReused`].
+pub(crate) fn repeated_number(
+    existing: NumberRecord,
+    req: &NumberRequest,
+) -> Result<NumberAllocation, StoreError> {
+    if existing.series == req.series && existing.period == req.period {
+        Ok(NumberAllocation {
+            series: existing.series,
+            period: existing.period,
+            seq: existing.seq,
+            fresh: false,
+        })
+    } else {
+        Err(StoreError::NumberKeyReused(Box::new(NumberKeyReuse {
+            held: existing,
+            refused: req.clone(),
+        })))
+    }
+}
+
+/// The answer to `req` when it was just given number `seq`.
+pub(crate) fn fresh_number(req: &NumberRequest, seq: i64) -> NumberAllocation {
+    NumberAllocation {
+        series: req.series.clone(),
+        period: req.period.clone(),
+        seq,
+        fresh: true,
     }
 }
 

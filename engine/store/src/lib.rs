@@ -50,6 +50,20 @@ pub enum StoreError {
     /// A method this backend does not implement.
     #[error("this store does not support `{0}`")]
     Unsupported(&'static str),
+    /// [`Store::allocate_number`] was asked for a number of one series and period with an
+    /// idempotency key that already holds a number of another series or period. Nothing was
+    /// allocated: a key names one effect, which asks for one number. (Boxed: the details would
+    /// double the size of every `Result` of the crate.)
+    #[error(
+        "the key {:?} already holds number {} of series {:?} in period {:?}: it cannot also \
+         take a number of series {:?} in period {:?}",
+        .0.held.key, .0.held.seq, .0.held.series, .0.held.period, .0.refused.series,
+        .0.refused.period
+    )]
+    NumberKeyReused(Box<NumberKeyReuse>),
+    /// The counter of a numbering series reached the largest number the store can hold.
+    #[error("the numbering series {series:?} in period {period:?} has no number left")]
+    NumberSeriesExhausted { series: String, period: String },
 }
 
 /// One case ("dossier"): the current summary row. The history is the truth; this row is a
@@ -322,6 +336,51 @@ pub fn verify_audit(
     Ok(())
 }
 
+/// A request for the next number of a series in a period, made by one effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberRequest {
+    /// The series (`FAC`).
+    pub series: String,
+    /// The period the series restarts at 1 in (`2026`).
+    pub period: String,
+    /// The idempotency key of the effect asking: the same key always gets the same number.
+    pub key: String,
+    pub case_id: String,
+    pub at: Millis,
+}
+
+/// The details of [`StoreError::NumberKeyReused`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberKeyReuse {
+    /// The number the key holds.
+    pub held: NumberRecord,
+    /// The request refused: the same key, another series or period.
+    pub refused: NumberRequest,
+}
+
+/// The answer to a [`NumberRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberAllocation {
+    pub series: String,
+    pub period: String,
+    /// 1-based, gapless per (series, period).
+    pub seq: i64,
+    /// False when this key had already been given this number (a repeated request).
+    pub fresh: bool,
+}
+
+/// A number given: who got it, for whom and when (the first request's case and time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberRecord {
+    pub series: String,
+    pub period: String,
+    pub seq: i64,
+    /// The idempotency key of the effect that got the number.
+    pub key: String,
+    pub case_id: String,
+    pub at: Millis,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaseFilter {
     pub workflow_id: Option<String>,
@@ -449,4 +508,19 @@ pub trait Store: Send + Sync {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord>;
     /// Audit records with `seq > after_seq`, in order; `limit <= 0`: no limit.
     async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+
+    // ---- numbering ----
+
+    /// Gives the next number of `series` in `period` to `key`, or the number `key` already has.
+    /// One transaction: the counter and the record of who got the number move together.
+    ///
+    /// Numbers are 1-based and gapless per (series, period): a failed or repeated request
+    /// consumes none, and concurrent requests (other nodes on PostgreSQL) never get the same
+    /// number. A repeated key gets its number again with `fresh: false`, whatever the
+    /// `case_id` and `at` of the repeat (the record keeps the first request's). A key that
+    /// holds a number of another series or period is refused with
+    /// [`StoreError::NumberKeyReused`], and nothing is allocated.
+    async fn allocate_number(&self, req: &NumberRequest) -> Result<NumberAllocation>;
+    /// The numbers given in a series and period, in order (for audits: no gap, who got each).
+    async fn numbers(&self, series: &str, period: &str) -> Result<Vec<NumberRecord>>;
 }

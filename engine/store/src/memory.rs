@@ -12,13 +12,13 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::common::{
-    api_key_conflict, batch_audit, conflict_of, next_audit_record, next_audit_records,
-    sort_api_keys, take_limit,
+    api_key_conflict, batch_audit, conflict_of, fresh_number, next_audit_record,
+    next_audit_records, repeated_number, sort_api_keys, take_limit,
 };
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, TaskFilter, TaskRecord,
-    TimerRecord, WaitRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
+    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 /// The in-memory implementation of [`Store`]. Nothing survives the process.
@@ -45,6 +45,12 @@ struct State {
     api_keys: BTreeMap<String, ApiKeyRecord>,
     /// In `seq` order: record `n` is at index `n - 1`.
     audit: Vec<AuditRecord>,
+    /// The last number given per (series, period).
+    number_series: BTreeMap<(String, String), i64>,
+    /// Keyed by (series, period, seq): a series' period is one ordered range.
+    numbers: BTreeMap<(String, String, i64), NumberRecord>,
+    /// The (series, period, seq) each idempotency key holds.
+    number_keys: BTreeMap<String, (String, String, i64)>,
 }
 
 /// What to restore to undo one change of a failed batch.
@@ -492,6 +498,53 @@ impl Store for MemoryStore {
         Ok(record)
     }
 
+    async fn allocate_number(&self, req: &NumberRequest) -> Result<NumberAllocation> {
+        // One lock for the lookup, the counter and the record: nothing comes in between.
+        let mut state = self.lock();
+        if let Some(existing) = state
+            .number_keys
+            .get(&req.key)
+            .and_then(|at| state.numbers.get(at))
+        {
+            return repeated_number(existing.clone(), req);
+        }
+        let series = (req.series.clone(), req.period.clone());
+        let last = state.number_series.get(&series).copied().unwrap_or(0);
+        // Checked before anything changes: an exhausted series consumes nothing.
+        let Some(seq) = last.checked_add(1) else {
+            return Err(StoreError::NumberSeriesExhausted {
+                series: req.series.clone(),
+                period: req.period.clone(),
+            });
+        };
+        let at = (req.series.clone(), req.period.clone(), seq);
+        state.number_series.insert(series, seq);
+        state.number_keys.insert(req.key.clone(), at.clone());
+        state.numbers.insert(
+            at,
+            NumberRecord {
+                series: req.series.clone(),
+                period: req.period.clone(),
+                seq,
+                key: req.key.clone(),
+                case_id: req.case_id.clone(),
+                at: req.at,
+            },
+        );
+        Ok(fresh_number(req, seq))
+    }
+
+    async fn numbers(&self, series: &str, period: &str) -> Result<Vec<NumberRecord>> {
+        let state = self.lock();
+        let from = (series.to_string(), period.to_string(), i64::MIN);
+        Ok(state
+            .numbers
+            .range(from..)
+            .take_while(|((s, p, _), _)| s == series && p == period)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
     async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
         let state = self.lock();
         // Records are numbered 1, 2, ... in order: those after `after_seq` start at its index.
@@ -503,5 +556,47 @@ impl Store for MemoryStore {
             .take(take_limit(limit))
             .cloned()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(key: &str) -> NumberRequest {
+        NumberRequest {
+            series: "FAC".to_string(),
+            period: "2026".to_string(),
+            key: key.to_string(),
+            case_id: "c".to_string(),
+            at: 1,
+        }
+    }
+
+    /// A counter at `i64::MAX` gives no number (no overflow), and consumes nothing.
+    #[tokio::test]
+    async fn exhausted_number_series_is_an_error() {
+        let store = MemoryStore::new();
+        assert_eq!(
+            store.allocate_number(&req("a")).await.expect("first").seq,
+            1
+        );
+        store
+            .lock()
+            .number_series
+            .insert(("FAC".to_string(), "2026".to_string()), i64::MAX);
+        match store.allocate_number(&req("b")).await {
+            Err(StoreError::NumberSeriesExhausted { series, period }) => {
+                assert_eq!((series.as_str(), period.as_str()), ("FAC", "2026"));
+            }
+            other => panic!("expected NumberSeriesExhausted, got {other:?}"),
+        }
+        {
+            let state = store.lock();
+            assert_eq!(state.numbers.len(), 1);
+            assert!(!state.number_keys.contains_key("b"));
+        }
+        let again = store.allocate_number(&req("a")).await.expect("repeat");
+        assert_eq!((again.seq, again.fresh), (1, false));
     }
 }

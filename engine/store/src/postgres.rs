@@ -21,15 +21,15 @@ use sqlx::{ConnectOptions, QueryBuilder};
 use crate::common::{
     api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
     case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
-    event_from, inbox_cols, inbox_from, next_audit_records, rounds, sort_api_keys, sql_limit,
-    task_cols, task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow,
-    CaseRow, DefinitionRow, EffectRow, EventRow, InboxRow, RoundError, RoundRows, TaskRow,
-    TimerRow, WaitRow,
+    event_from, fresh_number, inbox_cols, inbox_from, next_audit_records, number_cols, number_from,
+    repeated_number, rounds, sort_api_keys, sql_limit, task_cols, task_from, timer_cols,
+    timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow, CaseRow, DefinitionRow, EffectRow,
+    EventRow, InboxRow, NumberRow, RoundError, RoundRows, TaskRow, TimerRow, WaitRow,
 };
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, StoreError, TaskFilter,
-    TaskRecord, TimerRecord, WaitRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
+    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -40,6 +40,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The transaction-level advisory lock that serialises audit appends across nodes ("dossaudi"
 /// in ASCII). sqlx's migration lock is derived from the database name, so they do not collide.
 const AUDIT_LOCK: i64 = 0x646f_7373_6175_6469;
+/// The unique constraint on `numbers.key` (see the numbering migration): a record refused by it
+/// lost a race on its idempotency key.
+const NUMBERS_KEY: &str = "numbers_key";
+/// Rounds of [`Store::allocate_number`]: a lost race costs one more; a third is only needed if
+/// the winner's record vanished in between.
+const NUMBER_ROUNDS: usize = 3;
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -504,9 +510,99 @@ impl Store for PgStore {
         .await?;
         Ok(rows.into_iter().map(audit_from).collect())
     }
+
+    async fn allocate_number(&self, req: &NumberRequest) -> Result<NumberAllocation> {
+        // Each round: the number the key already holds (a repeat, the common case after a
+        // crash: answered without touching the counter), else a transaction that moves the
+        // counter and records the number. The counter's row lock serialises the transactions of
+        // one series and period until they end, so each reads the last one's commit. A
+        // transaction whose record hits the unique key lost a race on that key to another node
+        // (which committed it, or the insert would have waited): it rolls back, counter
+        // included, and the next round finds the winner's number. Only a number deleted in
+        // between could make a round fail again.
+        for _ in 0..NUMBER_ROUNDS {
+            if let Some(existing) = self.number_of_key(&req.key).await? {
+                return repeated_number(existing, req);
+            }
+            let mut tx = self.pool.begin().await?;
+            // No row back: the counter is at the largest BIGINT; it is left as it is. (Dropping
+            // `tx` on an error rolls back.)
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO number_series (series, period, last) VALUES ($1, $2, 1) \
+                 ON CONFLICT (series, period) DO UPDATE SET last = number_series.last + 1 \
+                 WHERE number_series.last < $3 RETURNING last",
+            )
+            .bind(&req.series)
+            .bind(&req.period)
+            .bind(i64::MAX)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(seq) = seq else {
+                return Err(StoreError::NumberSeriesExhausted {
+                    series: req.series.clone(),
+                    period: req.period.clone(),
+                });
+            };
+            let inserted = sqlx::query(concat!(
+                "INSERT INTO numbers (",
+                number_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6)"
+            ))
+            .bind(&req.series)
+            .bind(&req.period)
+            .bind(seq)
+            .bind(&req.key)
+            .bind(&req.case_id)
+            .bind(req.at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {
+                    tx.commit().await?;
+                    return Ok(fresh_number(req, seq));
+                }
+                Err(sqlx::Error::Database(d)) if d.constraint() == Some(NUMBERS_KEY) => {
+                    tx.rollback().await?;
+                }
+                // Anything else, a duplicate (series, period, seq) included (a counter behind
+                // its numbers: never reuse a number), is a database error.
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict {
+            case_id: req.case_id.clone(),
+            expected: None,
+        })
+    }
+
+    async fn numbers(&self, series: &str, period: &str) -> Result<Vec<NumberRecord>> {
+        let rows: Vec<NumberRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            number_cols!(),
+            " FROM numbers WHERE series = $1 AND period = $2 ORDER BY seq"
+        ))
+        .bind(series)
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(number_from).collect())
+    }
 }
 
 impl PgStore {
+    /// The number an idempotency key holds, if any.
+    async fn number_of_key(&self, key: &str) -> Result<Option<NumberRecord>> {
+        let row: Option<NumberRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            number_cols!(),
+            " FROM numbers WHERE key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(number_from))
+    }
+
     /// Names the write that made the batch fail: replays the batch one write at a time in a
     /// transaction that is always rolled back. Another node may have committed in between; if
     /// the replay no longer fails, the first write of the failed round is blamed.

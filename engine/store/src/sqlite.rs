@@ -41,14 +41,15 @@ use tokio::sync::oneshot;
 use crate::common::{
     api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
     case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
-    event_from, inbox_cols, inbox_from, next_audit_records, sort_api_keys, sql_limit, task_cols,
-    task_from, timer_cols, timer_from, wait_cols, wait_from, ApiKeyRow, AuditRow, CaseRow,
-    DefinitionRow, EffectRow, EventRow, InboxRow, TaskRow, TimerRow, WaitRow,
+    event_from, fresh_number, inbox_cols, inbox_from, next_audit_records, number_cols, number_from,
+    repeated_number, sort_api_keys, sql_limit, task_cols, task_from, timer_cols, timer_from,
+    wait_cols, wait_from, ApiKeyRow, AuditRow, CaseRow, DefinitionRow, EffectRow, EventRow,
+    InboxRow, NumberRow, TaskRow, TimerRow, WaitRow,
 };
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, Result, Store, StoreError, TaskFilter,
-    TaskRecord, TimerRecord, WaitRecord,
+    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
+    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -58,8 +59,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections. Reads are short; a few are enough to overlap API queries with the workers.
 const READERS: u32 = 4;
-/// Prepared statements kept by the writer: about twenty distinct statements (the commit's, the
-/// transaction's, the server's), and room to spare.
+/// Prepared statements kept by the writer: about twenty-five distinct statements (the commit's,
+/// the transaction's, the server's, the numbering's), and room to spare.
 const WRITER_STATEMENT_CACHE: usize = 32;
 /// A commit slower than this is logged (sqlx's default threshold for slow statements).
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
@@ -561,6 +562,29 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows.into_iter().map(audit_from).collect())
     }
+
+    async fn allocate_number(&self, req: &NumberRequest) -> Result<NumberAllocation> {
+        let req = req.clone();
+        // The writer thread runs one job at a time and BEGIN IMMEDIATE keeps other processes
+        // out: the lookup of the key, the counter and the record cannot interleave with another
+        // allocation, so two requests with one key cannot both find it free.
+        self.writer
+            .run(move |conn| in_transaction(conn, |conn| allocate_number(conn, &req)))
+            .await
+    }
+
+    async fn numbers(&self, series: &str, period: &str) -> Result<Vec<NumberRecord>> {
+        let rows: Vec<NumberRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            number_cols!(),
+            " FROM numbers WHERE series = $1 AND period = $2 ORDER BY seq"
+        ))
+        .bind(series)
+        .bind(period)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(number_from).collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -893,6 +917,64 @@ fn append_audit<'a>(
         ])?;
     }
     Ok(records)
+}
+
+/// [`Store::allocate_number`] inside the caller's transaction: the number the key holds, or the
+/// counter moved on by one and the record of who got the number.
+fn allocate_number(conn: &Connection, req: &NumberRequest) -> Result<NumberAllocation> {
+    let existing = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            number_cols!(),
+            " FROM numbers WHERE key = ?1"
+        ))?
+        .query_row([&req.key], number_row)
+        .optional()?;
+    if let Some(row) = existing {
+        return repeated_number(number_from(row), req);
+    }
+    // No row back: the counter is at the largest BIGINT (SQLite would turn `last + 1` into a
+    // REAL); it is left as it is.
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO number_series (series, period, last) VALUES (?1, ?2, 1) \
+             ON CONFLICT (series, period) DO UPDATE SET last = number_series.last + 1 \
+             WHERE number_series.last < ?3 RETURNING last",
+        )?
+        .query_row(params![req.series, req.period, i64::MAX], |r| r.get(0))
+        .optional()?;
+    let Some(seq) = seq else {
+        return Err(StoreError::NumberSeriesExhausted {
+            series: req.series.clone(),
+            period: req.period.clone(),
+        });
+    };
+    conn.prepare_cached(concat!(
+        "INSERT INTO numbers (",
+        number_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    ))?
+    .execute(params![
+        req.series,
+        req.period,
+        seq,
+        req.key,
+        req.case_id,
+        req.at
+    ])?;
+    Ok(fresh_number(req, seq))
+}
+
+/// A `numbers` row in the order of `number_cols!`.
+fn number_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NumberRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 /// A primary-key or unique constraint refused the row.
@@ -1269,6 +1351,51 @@ mod tests {
             !dir.path().join("d.db-wal").exists(),
             "close checkpoints and removes the WAL"
         );
+    }
+
+    /// A counter at the largest BIGINT gives no number: SQLite would otherwise turn `last + 1`
+    /// into a REAL. Nothing is written; repeats are still answered.
+    #[tokio::test]
+    async fn exhausted_number_series_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_temp(&dir).await;
+        let req = |key: &str| NumberRequest {
+            series: "FAC".to_string(),
+            period: "2026".to_string(),
+            key: key.to_string(),
+            case_id: "c".to_string(),
+            at: 1,
+        };
+        assert_eq!(
+            store.allocate_number(&req("a")).await.expect("first").seq,
+            1
+        );
+        store
+            .on_writer(|conn| conn.execute("UPDATE number_series SET last = ?1", [i64::MAX]))
+            .await
+            .expect("counter at the end");
+        match store.allocate_number(&req("b")).await {
+            Err(StoreError::NumberSeriesExhausted { series, period }) => {
+                assert_eq!((series.as_str(), period.as_str()), ("FAC", "2026"));
+            }
+            other => panic!("expected NumberSeriesExhausted, got {other:?}"),
+        }
+        let (last, kind) = store
+            .on_writer(|conn| {
+                conn.query_row("SELECT last, typeof(last) FROM number_series", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+            })
+            .await
+            .expect("counter");
+        assert_eq!((last, kind.as_str()), (i64::MAX, "integer"));
+        assert_eq!(
+            store.numbers("FAC", "2026").await.expect("numbers").len(),
+            1
+        );
+        let again = store.allocate_number(&req("a")).await.expect("repeat");
+        assert_eq!((again.seq, again.fresh), (1, false));
+        assert!(store.on_writer(|conn| conn.is_autocommit()).await);
     }
 
     /// A transaction somehow left open on the writer does not wedge later commits.

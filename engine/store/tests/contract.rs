@@ -15,8 +15,9 @@ use dossier_store::postgres::PgStore;
 use dossier_store::sqlite::SqliteStore;
 use dossier_store::{
     audit_hash, verify_audit, ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord,
-    CaseWrite, DefinitionRecord, EffectRecord, EventRecord, InboxRecord, Store, StoreError,
-    TaskFilter, TaskRecord, TaskUpdate, TimerRecord, WaitRecord, AUDIT_GENESIS,
+    CaseWrite, DefinitionRecord, EffectRecord, EventRecord, InboxRecord, NumberAllocation,
+    NumberRecord, NumberRequest, Store, StoreError, TaskFilter, TaskRecord, TaskUpdate,
+    TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
 use dossier_testkit::TempPg;
 use sqlx::Connection;
@@ -143,6 +144,12 @@ contract_tests!(
     failed_batch_appends_no_audit,
     audit_only_writes,
     concurrent_audited_commits_and_appends_form_one_chain,
+    numbers_are_gapless_and_in_order,
+    numbering_series_and_periods_are_independent,
+    repeated_number_key_gets_its_number,
+    concurrent_allocations_are_gapless,
+    concurrent_requests_with_one_key_get_one_number,
+    number_key_reused_elsewhere_is_refused,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2011,6 +2018,468 @@ async fn postgres_audit_lock_only_for_batches_with_entries() {
         audited_commit.await.expect("commit task").unwrap();
         assert_eq!(s.audit(0, 0).await.unwrap(), expected_chain([1]));
         assert_eq!(s.case("held").await.unwrap(), Some(case("held", 1)));
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbering series
+
+/// The request of effect `key` of case `case_of(key)` for a number of `series` in `period`.
+fn number_req(series: &str, period: &str, key: &str, at: i64) -> NumberRequest {
+    NumberRequest {
+        series: series.to_string(),
+        period: period.to_string(),
+        key: key.to_string(),
+        case_id: case_of(key),
+        at,
+    }
+}
+
+/// The case an effect key belongs to (`c7:invoice#1` → `c7`), as in the engine's keys.
+fn case_of(key: &str) -> String {
+    key.split(':').next().unwrap_or(key).to_string()
+}
+
+fn allocation(series: &str, period: &str, seq: i64, fresh: bool) -> NumberAllocation {
+    NumberAllocation {
+        series: series.to_string(),
+        period: period.to_string(),
+        seq,
+        fresh,
+    }
+}
+
+fn number_record(series: &str, period: &str, seq: i64, key: &str, at: i64) -> NumberRecord {
+    NumberRecord {
+        series: series.to_string(),
+        period: period.to_string(),
+        seq,
+        key: key.to_string(),
+        case_id: case_of(key),
+        at,
+    }
+}
+
+/// Allocates and expects success.
+async fn number(s: &Arc<dyn Store>, series: &str, period: &str, key: &str) -> NumberAllocation {
+    s.allocate_number(&number_req(series, period, key, 5_000))
+        .await
+        .unwrap_or_else(|e| panic!("allocate {series}/{period} for {key}: {e}"))
+}
+
+fn seqs(records: &[NumberRecord]) -> Vec<i64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+async fn numbers_are_gapless_and_in_order(s: Arc<dyn Store>) {
+    assert!(s.numbers("FAC", "2026").await.unwrap().is_empty());
+    for n in 1..=5 {
+        let key = format!("c{n}:invoice#1");
+        let got = s
+            .allocate_number(&number_req("FAC", "2026", &key, 1_000 + n))
+            .await
+            .unwrap();
+        assert_eq!(got, allocation("FAC", "2026", n, true));
+    }
+    // In order, with who got each number, for which case and when.
+    assert_eq!(
+        s.numbers("FAC", "2026").await.unwrap(),
+        (1..=5)
+            .map(|n| number_record("FAC", "2026", n, &format!("c{n}:invoice#1"), 1_000 + n))
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn numbering_series_and_periods_are_independent(s: Arc<dyn Store>) {
+    // Interleaved: each (series, period) counts on its own from 1.
+    let plan = [
+        ("FAC", "2026", 1),
+        ("FAC", "2027", 1),
+        ("AVO", "2026", 1),
+        ("FAC", "2026", 2),
+        ("AVO", "2026", 2),
+        ("FAC", "2026", 3),
+        ("FAC", "2027", 2),
+        // Names are compared exactly.
+        ("fac", "2026", 1),
+        ("FAC", "2026-01", 1),
+    ];
+    for (i, (series, period, expected)) in plan.into_iter().enumerate() {
+        let got = number(&s, series, period, &format!("c{i}:n#1")).await;
+        assert_eq!(got, allocation(series, period, expected, true), "step {i}");
+    }
+    assert_eq!(
+        seqs(&s.numbers("FAC", "2026").await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(seqs(&s.numbers("FAC", "2027").await.unwrap()), vec![1, 2]);
+    assert_eq!(seqs(&s.numbers("AVO", "2026").await.unwrap()), vec![1, 2]);
+    assert_eq!(seqs(&s.numbers("fac", "2026").await.unwrap()), vec![1]);
+    assert_eq!(seqs(&s.numbers("FAC", "2026-01").await.unwrap()), vec![1]);
+    assert!(s.numbers("AVO", "2027").await.unwrap().is_empty());
+    let keys: Vec<String> = s
+        .numbers("AVO", "2026")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, vec!["c2:n#1", "c4:n#1"]);
+}
+
+async fn repeated_number_key_gets_its_number(s: Arc<dyn Store>) {
+    let first = s
+        .allocate_number(&number_req("FAC", "2026", "a:invoice#1", 100))
+        .await
+        .unwrap();
+    assert_eq!(first, allocation("FAC", "2026", 1, true));
+    assert_eq!(
+        number(&s, "FAC", "2026", "b:invoice#1").await,
+        allocation("FAC", "2026", 2, true)
+    );
+    // The engine asks again after a crash, later: the same number, not fresh.
+    for at in [200, 300] {
+        let again = s
+            .allocate_number(&number_req("FAC", "2026", "a:invoice#1", at))
+            .await
+            .unwrap();
+        assert_eq!(again, allocation("FAC", "2026", 1, false));
+    }
+    // Even from another case: the key is what names the request.
+    let mut other_case = number_req("FAC", "2026", "b:invoice#1", 400);
+    other_case.case_id = "z".to_string();
+    assert_eq!(
+        s.allocate_number(&other_case).await.unwrap(),
+        allocation("FAC", "2026", 2, false)
+    );
+    // The repeats consumed nothing: the next key gets the next number.
+    assert_eq!(
+        number(&s, "FAC", "2026", "c:invoice#1").await,
+        allocation("FAC", "2026", 3, true)
+    );
+    // The records keep the first request's case and time.
+    assert_eq!(
+        s.numbers("FAC", "2026").await.unwrap(),
+        vec![
+            number_record("FAC", "2026", 1, "a:invoice#1", 100),
+            number_record("FAC", "2026", 2, "b:invoice#1", 5_000),
+            number_record("FAC", "2026", 3, "c:invoice#1", 5_000),
+        ]
+    );
+}
+
+async fn concurrent_allocations_are_gapless(s: Arc<dyn Store>) {
+    const TASKS: i64 = 50;
+    let handles: Vec<_> = (1..=TASKS)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let key = format!("c{n}:invoice#1");
+                let got = s.allocate_number(&number_req("FAC", "2026", &key, n)).await;
+                (key, got)
+            })
+        })
+        .collect();
+    let mut given = std::collections::BTreeMap::new();
+    for h in handles {
+        let (key, got) = h.await.expect("allocation task");
+        let got = got.expect("allocate");
+        assert!(got.fresh, "{key} got an old number");
+        assert_eq!((got.series.as_str(), got.period.as_str()), ("FAC", "2026"));
+        assert_eq!(given.insert(got.seq, key), None, "number given twice");
+    }
+    // Exactly 1..=50: no duplicate (checked above), no gap.
+    assert_eq!(
+        given.keys().copied().collect::<Vec<_>>(),
+        (1..=TASKS).collect::<Vec<_>>()
+    );
+    let stored = s.numbers("FAC", "2026").await.unwrap();
+    assert_eq!(seqs(&stored), (1..=TASKS).collect::<Vec<_>>());
+    for r in &stored {
+        assert_eq!(
+            given.get(&r.seq),
+            Some(&r.key),
+            "number {} as stored",
+            r.seq
+        );
+        assert_eq!(r.case_id, case_of(&r.key));
+    }
+    assert_eq!(
+        number(&s, "FAC", "2026", "next:invoice#1").await,
+        allocation("FAC", "2026", TASKS + 1, true)
+    );
+}
+
+async fn concurrent_requests_with_one_key_get_one_number(s: Arc<dyn Store>) {
+    const KEYS: i64 = 5;
+    const COPIES: i64 = 6;
+    // Every key asked for by several tasks at once, the copies interleaved.
+    let mut handles = Vec::new();
+    for copy in 0..COPIES {
+        for k in 1..=KEYS {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                let key = format!("c{k}:invoice#1");
+                let got = s
+                    .allocate_number(&number_req("FAC", "2026", &key, copy))
+                    .await;
+                (key, got)
+            }));
+        }
+    }
+    let mut per_key: std::collections::BTreeMap<String, Vec<NumberAllocation>> = Default::default();
+    for h in handles {
+        let (key, got) = h.await.expect("allocation task");
+        per_key.entry(key).or_default().push(got.expect("allocate"));
+    }
+    let mut given = Vec::new();
+    for (key, answers) in &per_key {
+        assert_eq!(answers.len(), COPIES as usize);
+        let seq = answers[0].seq;
+        assert!(
+            answers.iter().all(|a| a.seq == seq),
+            "{key} got several numbers: {answers:?}"
+        );
+        assert_eq!(
+            answers.iter().filter(|a| a.fresh).count(),
+            1,
+            "{key}: exactly one answer is the fresh one: {answers:?}"
+        );
+        given.push(seq);
+    }
+    given.sort();
+    assert_eq!(given, (1..=KEYS).collect::<Vec<_>>());
+    let stored = s.numbers("FAC", "2026").await.unwrap();
+    assert_eq!(seqs(&stored), (1..=KEYS).collect::<Vec<_>>());
+    for r in &stored {
+        assert_eq!(per_key[&r.key][0].seq, r.seq);
+    }
+    // The losers consumed nothing.
+    assert_eq!(
+        number(&s, "FAC", "2026", "next:invoice#1").await,
+        allocation("FAC", "2026", KEYS + 1, true)
+    );
+}
+
+async fn number_key_reused_elsewhere_is_refused(s: Arc<dyn Store>) {
+    assert_eq!(
+        number(&s, "FAC", "2026", "a:invoice#1").await,
+        allocation("FAC", "2026", 1, true)
+    );
+    for (series, period) in [("AVO", "2026"), ("FAC", "2027")] {
+        let err = s
+            .allocate_number(&number_req(series, period, "a:invoice#1", 9))
+            .await
+            .expect_err("a key holds one number");
+        match &err {
+            StoreError::NumberKeyReused(reuse) => {
+                assert_eq!(
+                    reuse.held,
+                    number_record("FAC", "2026", 1, "a:invoice#1", 5_000)
+                );
+                assert_eq!(reuse.refused, number_req(series, period, "a:invoice#1", 9));
+            }
+            other => panic!("expected NumberKeyReused, got {other:?}"),
+        }
+        let message = err.to_string();
+        for part in ["a:invoice#1", "FAC", "2026", series, period] {
+            assert!(message.contains(part), "{message:?} names {part}");
+        }
+    }
+    // Nothing consumed, anywhere.
+    assert!(s.numbers("AVO", "2026").await.unwrap().is_empty());
+    assert!(s.numbers("FAC", "2027").await.unwrap().is_empty());
+    assert_eq!(
+        number(&s, "AVO", "2026", "b:credit#1").await,
+        allocation("AVO", "2026", 1, true)
+    );
+    assert_eq!(
+        number(&s, "FAC", "2027", "c:invoice#1").await,
+        allocation("FAC", "2027", 1, true)
+    );
+    assert_eq!(
+        number(&s, "FAC", "2026", "d:invoice#1").await,
+        allocation("FAC", "2026", 2, true)
+    );
+    // The key still has its number.
+    assert_eq!(
+        number(&s, "FAC", "2026", "a:invoice#1").await,
+        allocation("FAC", "2026", 1, false)
+    );
+    assert_eq!(
+        s.numbers("FAC", "2026").await.unwrap(),
+        vec![
+            number_record("FAC", "2026", 1, "a:invoice#1", 5_000),
+            number_record("FAC", "2026", 2, "d:invoice#1", 5_000),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_numbers_survive_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dossier.db");
+    {
+        let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        number(&s, "FAC", "2026", "a:invoice#1").await;
+        number(&s, "FAC", "2026", "b:invoice#1").await;
+        // Dropped without `close`: a returned allocation is durable.
+    }
+    let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    assert_eq!(
+        number(&s, "FAC", "2026", "b:invoice#1").await,
+        allocation("FAC", "2026", 2, false)
+    );
+    assert_eq!(
+        number(&s, "FAC", "2026", "c:invoice#1").await,
+        allocation("FAC", "2026", 3, true)
+    );
+}
+
+/// Waits until `n` sessions of the test database wait for a lock (the allocations blocked on a
+/// counter's row lock, past their lookup of the key).
+async fn wait_for_lock_waiters(conn: &mut sqlx::PgConnection, n: i64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} of {n} allocations blocked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Two nodes racing on one key, deterministically: both find the key free and block on the
+/// counter; the loser's record hits the unique key, its transaction (counter included) rolls
+/// back, and it answers the winner's number. A key taken in another series meanwhile is refused
+/// the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_number_key_race_rolls_back_the_loser() {
+    with_postgres_url(|s, url| async move {
+        number(&s, "FAC", "2026", "first:invoice#1").await;
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+        let lock_counter = "SELECT last FROM number_series \
+                            WHERE series = 'FAC' AND period = '2026' FOR UPDATE";
+
+        // The same key twice.
+        let mut tx = holder.begin().await.unwrap();
+        sqlx::query(lock_counter).execute(&mut *tx).await.unwrap();
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.allocate_number(&number_req("FAC", "2026", "race:invoice#1", 7))
+                        .await
+                })
+            })
+            .collect();
+        wait_for_lock_waiters(&mut watcher, 2).await;
+        tx.commit().await.unwrap();
+        let mut answers = Vec::new();
+        for r in racers {
+            answers.push(r.await.expect("racer").expect("allocate"));
+        }
+        answers.sort_by_key(|a| a.fresh);
+        assert_eq!(
+            answers,
+            vec![
+                allocation("FAC", "2026", 2, false),
+                allocation("FAC", "2026", 2, true)
+            ]
+        );
+
+        // The key taken in another series while the request waits for the counter.
+        let mut tx = holder.begin().await.unwrap();
+        sqlx::query(lock_counter).execute(&mut *tx).await.unwrap();
+        let sc = s.clone();
+        let waiting = tokio::spawn(async move {
+            sc.allocate_number(&number_req("FAC", "2026", "x:n#1", 8))
+                .await
+        });
+        wait_for_lock_waiters(&mut watcher, 1).await;
+        assert_eq!(
+            number(&s, "AVO", "2026", "x:n#1").await,
+            allocation("AVO", "2026", 1, true)
+        );
+        tx.commit().await.unwrap();
+        match waiting.await.expect("waiting request") {
+            Err(StoreError::NumberKeyReused(reuse)) => {
+                assert_eq!(reuse.held, number_record("AVO", "2026", 1, "x:n#1", 5_000));
+                assert_eq!(reuse.refused, number_req("FAC", "2026", "x:n#1", 8));
+            }
+            other => panic!("expected NumberKeyReused, got {other:?}"),
+        }
+
+        // The losers' increments were rolled back: no gap.
+        assert_eq!(
+            number(&s, "FAC", "2026", "next:invoice#1").await,
+            allocation("FAC", "2026", 3, true)
+        );
+        let (last,): (i64,) = sqlx::query_as(
+            "SELECT last FROM number_series WHERE series = 'FAC' AND period = '2026'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        assert_eq!(last, 3);
+        let keys: Vec<String> = s
+            .numbers("FAC", "2026")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["first:invoice#1", "race:invoice#1", "next:invoice#1"]
+        );
+    })
+    .await
+}
+
+/// A counter at the largest BIGINT gives no number (and is not wrapped or turned into anything
+/// else); repeats are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_exhausted_number_series_is_an_error() {
+    with_postgres_url(|s, url| async move {
+        number(&s, "FAC", "2026", "a:invoice#1").await;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE number_series SET last = $1")
+            .bind(i64::MAX)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        match s
+            .allocate_number(&number_req("FAC", "2026", "b:invoice#1", 1))
+            .await
+        {
+            Err(StoreError::NumberSeriesExhausted { series, period }) => {
+                assert_eq!((series.as_str(), period.as_str()), ("FAC", "2026"))
+            }
+            other => panic!("expected NumberSeriesExhausted, got {other:?}"),
+        }
+        let (last,): (i64,) = sqlx::query_as("SELECT last FROM number_series")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(last, i64::MAX);
+        assert_eq!(seqs(&s.numbers("FAC", "2026").await.unwrap()), vec![1]);
+        assert_eq!(
+            number(&s, "FAC", "2026", "a:invoice#1").await,
+            allocation("FAC", "2026", 1, false)
+        );
     })
     .await
 }
