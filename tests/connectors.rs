@@ -642,6 +642,28 @@ async fn a_repair_intake_reaches_every_server_and_replays() {
         "nothing sent for the abandoned deposit"
     );
 
+    // The register of the ACP series: one number, the first deposit's; the refused one took none.
+    let register = api
+        .get(&format!("/api/v1/numbers?series=ACP&period={year}"), &admin)
+        .await;
+    assert_eq!(register["count"], 1, "{register}");
+    assert_eq!(register["gapless"], true);
+    assert_eq!(register["items"][0]["seq"], 1);
+    assert_eq!(register["items"][0]["instance_id"], case.as_str());
+    let (s, v) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/numbers?series=ACP",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("missing_parameter")),
+        "{v}"
+    );
+
     // `/metrics` counts the calls by connector and outcome.
     let metrics = reqwest::get(format!("{}/metrics", api.base))
         .await

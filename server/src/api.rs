@@ -58,6 +58,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/api/v1/tasks/{id}/complete", roles: TASK_WORK, mutating: true, summary: "Decide a task: outcome and form data" },
     Endpoint { method: "get", path: "/api/v1/workflows", roles: READ, mutating: false, summary: "Deployed workflows with every stored version and content hash" },
     Endpoint { method: "post", path: "/api/v1/workflows/validate", roles: VALIDATE, mutating: false, summary: "Validate uploaded workflow, rule and template files without deploying" },
+    Endpoint { method: "get", path: "/api/v1/numbers", roles: READ, mutating: false, summary: "The register of a numbering series in a period (?series=FAC&period=2026): every number, the case and effect that got it, and whether the series has a gap" },
     Endpoint { method: "get", path: "/api/v1/audit", roles: AUDIT, mutating: false, summary: "The audit trail, in order, paginated" },
     Endpoint { method: "get", path: "/api/v1/audit/verify", roles: AUDIT, mutating: false, summary: "Verify the audit trail's hash chain from its first entry" },
     Endpoint { method: "get", path: "/api/v1/openapi.json", roles: &[], mutating: false, summary: "This document" },
@@ -88,6 +89,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tasks/{id}/complete", post(complete_task))
         .route("/api/v1/workflows", get(list_workflows))
         .route("/api/v1/workflows/validate", post(validate_workflows))
+        .route("/api/v1/numbers", get(list_numbers))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/openapi.json", get(openapi))
@@ -1270,4 +1272,40 @@ async fn verify_audit(
     Ok(Json(
         json!({"intact": true, "entries": count, "last_hash": prev}),
     ))
+}
+
+/// `GET /numbers?series=FAC&period=2026`: the register of a numbering series, for auditors:
+/// each number with the case and the effect key that got it, in order.
+async fn list_numbers(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&who, READ)?;
+    let mut p = Params(q);
+    let missing = |name: &str| {
+        ApiError::bad_request(
+            "missing_parameter",
+            format!(
+                "give the `{name}` query parameter, e.g. /api/v1/numbers?series=FAC&period=2026"
+            ),
+        )
+    };
+    let series = p.take("series").ok_or_else(|| missing("series"))?;
+    let period = p.take("period").ok_or_else(|| missing("period"))?;
+    p.finish(&["series", "period"])?;
+    let rows = state.store().numbers(&series, &period).await?;
+    // Gapless by construction; the check is for the auditor reading the answer.
+    let gapless = rows.iter().enumerate().all(|(i, r)| r.seq == i as i64 + 1);
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"seq": r.seq, "instance_id": r.case_id, "effect_key": r.key, "at": time_text(r.at)}))
+        .collect();
+    Ok(Json(json!({
+        "series": series,
+        "period": period,
+        "count": items.len(),
+        "gapless": gapless,
+        "items": items,
+    })))
 }
