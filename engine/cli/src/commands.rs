@@ -175,17 +175,7 @@ pub fn registry(
         );
     }
     let file = config_file(root, config);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(r),
-        Err(e) => bail!("{}: cannot read: {e}", file.display()),
-    };
-    let env = |k: &str| std::env::var(k).ok();
-    let ctx = BuildContext {
-        env: &env,
-        base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
-    dossier_connectors::config::load(&shown_path(root, &file), &text, &ctx, r).map_err(|ds| {
+    build_configured(root, &file, r)?.map_err(|ds| {
         print_diagnostics(&ds);
         anyhow!(
             "{}: {} error(s) in the `connectors:` section; nothing was started",
@@ -193,6 +183,31 @@ pub fn registry(
             ds.len()
         )
     })
+}
+
+/// Builds the connectors of the configuration file `file` on top of `base`, with the secrets
+/// of this process's environment; `base` as it is when there is no such file.
+fn build_configured(
+    root: &Path,
+    file: &Path,
+    base: Registry,
+) -> anyhow::Result<Result<Registry, Vec<Diagnostic>>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(base)),
+        Err(e) => bail!("{}: cannot read: {e}", file.display()),
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let ctx = BuildContext {
+        env: &env,
+        base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    Ok(dossier_connectors::config::load(
+        &shown_path(root, file),
+        &text,
+        &ctx,
+        base,
+    ))
 }
 
 /// The connectors workflows may name, with their operations, read without building them (no
@@ -241,24 +256,9 @@ fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     // `ticket`); when it does not, against the operations its type declares.
     let mut catalog = declared_catalog(root);
     let mut config_diags = Vec::new();
-    let file = config_file(root, None);
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        let env = |k: &str| std::env::var(k).ok();
-        let ctx = BuildContext {
-            env: &env,
-            base_dir: root.to_path_buf(),
-        };
-        match dossier_connectors::config::load(
-            &shown_path(root, &file),
-            &text,
-            &ctx,
-            Registry::with_builtins(),
-        ) {
-            Ok(built) => {
-                catalog.extend(built.catalog());
-            }
-            Err(ds) => config_diags = ds,
-        }
+    match build_configured(root, &config_file(root, None), Registry::with_builtins())? {
+        Ok(built) => catalog.extend(built.catalog()),
+        Err(ds) => config_diags = ds,
     }
     let mut project = Project::load(root, catalog);
     project.diagnostics.extend(config_diags);
