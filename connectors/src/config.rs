@@ -43,7 +43,8 @@ fn builders() -> Vec<(&'static str, Builder)> {
     ]
 }
 
-/// The operations of each connector type (a test checks them against the built connectors).
+/// The operations of each connector type, all options on (a test checks them against the built
+/// connectors).
 pub fn type_operations(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "email" => &["send"],
@@ -245,6 +246,32 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         })
+    }
+
+    #[test]
+    fn the_declared_operations_are_those_of_the_built_connectors() {
+        // One connector of each type, with every option that adds an operation: what `dossier
+        // test` accepts without secrets must be what `dossier serve` builds.
+        let text = "connectors:
+  e: { type: email, host: smtp.exemple.ci }
+  s: { type: sms, provider: twilio, account_sid: AC0123456789abcdef0123456789abcdef, auth_token_env: T, from: \"+2250700000000\" }
+  c: { type: calendar, url: \"https://dav.exemple.ci/agenda/\" }
+  p: { type: printer, ipp_url: \"ipp://imprimante:631/ipp/print\", escpos: { host: caisse }, documents_dir: documents }
+  f: { type: fiscal, api_url: \"https://fne.exemple.ci/ws\", api_key_env: T, point_of_sale: P, establishment: E }
+  h: { type: http, base_url: \"https://crm.exemple.ci/api/\" }
+";
+        let built = load_text(text, &|_| Some("secret".into()))
+            .unwrap()
+            .catalog();
+        let declared = declared(text);
+        assert_eq!(declared.len(), 6);
+        for (name, ops) in &declared {
+            let mut built_ops = built[name].clone();
+            built_ops.sort();
+            let mut ops = ops.clone();
+            ops.sort();
+            assert_eq!(built_ops, ops, "connector `{name}`");
+        }
     }
 
     #[test]

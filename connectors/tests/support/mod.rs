@@ -100,8 +100,12 @@ impl Drop for ChildGuard {
 pub fn wait_for_port(guard: &mut ChildGuard, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        // A connection to a port in the ephemeral range where nobody listens yet can connect
+        // to itself (TCP simultaneous open): that is not the server.
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return;
+            }
         }
         if let Ok(Some(status)) = guard.child.try_wait() {
             panic!(

@@ -213,13 +213,18 @@ fn build_configured(
 /// The connectors workflows may name, with their operations, read without building them (no
 /// secret needed): the built-in ones, `record`, and those `dossier.yaml` declares.
 fn declared_catalog(root: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut c = Registry::with_builtins().catalog();
-    // A `record` connector is configured by `dossier work --journal`: accept it here too.
-    c.insert("record".into(), vec!["send".into()]);
+    let mut c = with_record(Registry::with_builtins().catalog());
     if let Ok(text) = std::fs::read_to_string(config_file(root, None)) {
         c.extend(dossier_connectors::config::declared(&text));
     }
     c
+}
+
+/// `catalog` and the `record` double, which `dossier work --journal` configures: workflows
+/// naming it are accepted everywhere.
+fn with_record(mut catalog: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    catalog.insert("record".into(), vec!["send".into()]);
+    catalog
 }
 
 fn print_diagnostics(ds: &[Diagnostic]) {
@@ -254,12 +259,11 @@ fn validate(root: &Path, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     // settings, and secrets present in this environment. When it builds, steps are checked
     // against the operations each connector really has (a printer without `escpos` has no
     // `ticket`); when it does not, against the operations its type declares.
-    let mut catalog = declared_catalog(root);
-    let mut config_diags = Vec::new();
-    match build_configured(root, &config_file(root, None), Registry::with_builtins())? {
-        Ok(built) => catalog.extend(built.catalog()),
-        Err(ds) => config_diags = ds,
-    }
+    let (catalog, config_diags) =
+        match build_configured(root, &config_file(root, None), Registry::with_builtins())? {
+            Ok(built) => (with_record(built.catalog()), Vec::new()),
+            Err(ds) => (declared_catalog(root), ds),
+        };
     let mut project = Project::load(root, catalog);
     project.diagnostics.extend(config_diags);
     let filters: Vec<String> = paths

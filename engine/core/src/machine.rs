@@ -210,6 +210,45 @@ enum Pending {
     },
 }
 
+/// A connector call, before it gets its key and attempt.
+struct EffectCall {
+    connector: String,
+    operation: String,
+    request: Value,
+    timeout_ms: Option<u64>,
+}
+
+/// Records the request of `call` (`effect_requested`) and hands it to the runtime; returns the
+/// action, which the state keeps so that a rebuilt case can hand it out again.
+fn emit_effect(
+    tx: &mut Tx,
+    step: &str,
+    key: String,
+    call: EffectCall,
+    attempt: u32,
+) -> Box<Action> {
+    tx.emit(Event::EffectRequested {
+        step: step.to_string(),
+        key: key.clone(),
+        connector: call.connector.clone(),
+        operation: call.operation.clone(),
+        request: call.request.clone(),
+        attempt,
+        timeout_ms: call.timeout_ms,
+    });
+    let action = Action::PerformEffect {
+        key,
+        step: step.to_string(),
+        connector: call.connector,
+        operation: call.operation,
+        request: call.request,
+        attempt,
+        timeout_ms: call.timeout_ms,
+    };
+    tx.act(action.clone());
+    Box::new(action)
+}
+
 /// Which of a task's notices.
 #[derive(Debug, Clone, Copy)]
 enum Notice {
@@ -1465,18 +1504,7 @@ impl CaseState {
             return;
         };
         let name = which.name();
-        let prepared = (|| -> Result<Value, StepError> {
-            let mut request = Map::new();
-            for (arg, expr) in &spec.with {
-                request.insert(arg.clone(), self.eval(tx, &expr.0)?);
-            }
-            for (arg, path) in &spec.templates {
-                let (text, _) = self.render_template(tx, path)?;
-                request.insert(arg.clone(), Value::String(text));
-            }
-            Ok(Value::Object(request))
-        })();
-        let request = match prepared {
+        let request = match self.connector_request(tx, &spec.with, &spec.templates) {
             Ok(r) => r,
             Err(e) => {
                 tx.emit(Event::TaskNoticeFailed {
@@ -1488,31 +1516,32 @@ impl CaseState {
             }
         };
         let key = self.next_id(&format!("{}.{name}#", step.id));
-        tx.emit(Event::EffectRequested {
-            step: step.id.clone(),
-            key: key.clone(),
-            connector: spec.connector.clone(),
-            operation: spec.operation.clone(),
-            request: request.clone(),
-            attempt: 1,
-            timeout_ms: None,
-        });
-        let action = Action::PerformEffect {
-            key: key.clone(),
-            step: step.id.clone(),
+        let call = EffectCall {
             connector: spec.connector.clone(),
             operation: spec.operation.clone(),
             request,
-            attempt: 1,
             timeout_ms: None,
         };
-        tx.act(action.clone());
-        self.pending.insert(
-            key,
-            Pending::Notice {
-                action: Box::new(action),
-            },
-        );
+        let action = emit_effect(tx, &step.id, key.clone(), call, 1);
+        self.pending.insert(key, Pending::Notice { action });
+    }
+
+    /// A connector call's arguments: `with` expressions, then rendered templates.
+    fn connector_request(
+        &self,
+        tx: &Tx,
+        with: &indexmap::IndexMap<String, dossier_model::Expr>,
+        templates: &indexmap::IndexMap<String, String>,
+    ) -> Result<Value, StepError> {
+        let mut request = Map::new();
+        for (name, expr) in with {
+            request.insert(name.clone(), self.eval(tx, &expr.0)?);
+        }
+        for (name, path) in templates {
+            let (text, _) = self.render_template(tx, path)?;
+            request.insert(name.clone(), Value::String(text));
+        }
+        Ok(Value::Object(request))
     }
 
     // ---- step kinds ----
@@ -1770,14 +1799,7 @@ impl CaseState {
     fn exec_action(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {
         let step = &tx.prog.node(node_id).step;
         let spec = step.action.as_ref().expect("an action step has an action");
-        let mut request = Map::new();
-        for (name, expr) in &step.with {
-            request.insert(name.clone(), self.eval(tx, &expr.0)?);
-        }
-        for (name, path) in &spec.templates {
-            let (text, _) = self.render_template(tx, path)?;
-            request.insert(name.clone(), Value::String(text));
-        }
+        let request = self.connector_request(tx, &step.with, &spec.templates)?;
         let timeout_ms = match &step.timeout {
             Some(t) => Some(
                 IsoDuration::parse(t)
@@ -1787,16 +1809,13 @@ impl CaseState {
             ),
             None => None,
         };
-        let (connector, operation) = (spec.connector.clone(), spec.operation.clone());
-        self.request_effect(
-            tx,
-            tid,
-            node_id,
-            connector,
-            operation,
-            Value::Object(request),
+        let call = EffectCall {
+            connector: spec.connector.clone(),
+            operation: spec.operation.clone(),
+            request,
             timeout_ms,
-        );
+        };
+        self.request_effect(tx, tid, node_id, call);
         Ok(())
     }
 
@@ -1818,31 +1837,19 @@ impl CaseState {
             },
             None => tx.now.format("%Y").to_string(),
         };
-        let request = json!({"series": spec.series, "period": period, "format": spec.format});
-        self.request_effect(
-            tx,
-            tid,
-            node_id,
-            NUMBERING_CONNECTOR.to_string(),
-            "next".to_string(),
-            request,
-            None,
-        );
+        let call = EffectCall {
+            connector: NUMBERING_CONNECTOR.to_string(),
+            operation: "next".to_string(),
+            request: json!({"series": spec.series, "period": period, "format": spec.format}),
+            timeout_ms: None,
+        };
+        self.request_effect(tx, tid, node_id, call);
         Ok(())
     }
 
-    /// Records an effect request for the thread's step and waits for its answer.
-    #[allow(clippy::too_many_arguments)] // the parts of one request, side by side
-    fn request_effect(
-        &mut self,
-        tx: &mut Tx,
-        tid: u32,
-        node_id: NodeId,
-        connector: String,
-        operation: String,
-        request: Value,
-        timeout_ms: Option<u64>,
-    ) {
+    /// Records an effect request for the thread's step and waits for its answer. The key is
+    /// the thread's for this step, the same on every attempt.
+    fn request_effect(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId, call: EffectCall) {
         let step = &tx.prog.node(node_id).step;
         let attempt = self.threads[&tid].attempt;
         let key = match self.threads[&tid].key.clone() {
@@ -1855,30 +1862,12 @@ impl CaseState {
                 k
             }
         };
-        tx.emit(Event::EffectRequested {
-            step: step.id.clone(),
-            key: key.clone(),
-            connector: connector.clone(),
-            operation: operation.clone(),
-            request: request.clone(),
-            attempt,
-            timeout_ms,
-        });
-        let action = Action::PerformEffect {
-            key: key.clone(),
-            step: step.id.clone(),
-            connector,
-            operation,
-            request,
-            attempt,
-            timeout_ms,
-        };
-        tx.act(action.clone());
+        let action = emit_effect(tx, &step.id, key.clone(), call, attempt);
         self.pending.insert(
             key,
             Pending::Effect {
                 thread: tid,
-                action: Box::new(action),
+                action,
             },
         );
         self.set_waiting(tid);

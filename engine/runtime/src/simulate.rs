@@ -250,39 +250,33 @@ impl<'p> Simulation<'p> {
                     attempt,
                     ..
                 } => {
-                    if connector == dossier_core::NUMBERING_CONNECTOR {
+                    let event = if connector == dossier_core::NUMBERING_CONNECTOR {
                         let ask = crate::numbering::Ask::of(&request);
                         let seq = self.numbers.allocate(&ask, &key);
-                        let event = ask.answer(key, seq);
-                        let case = self
-                            .cases
-                            .get_mut(&case_id)
-                            .ok_or_else(|| RuntimeError::UnknownCase(case_id.clone()))?;
-                        let t = case.state.handle(&case.program, event, self.now)?;
-                        self.apply(&case_id, t);
-                        continue;
-                    }
-                    let double = self.connector(&connector);
-                    let effect = EffectRequest {
-                        idempotency_key: key.clone(),
-                        case_id: case_id.clone(),
-                        step,
-                        operation,
-                        request,
-                        attempt,
-                        redelivered: false,
-                    };
-                    let result = double.call(&effect).await;
-                    if let Some(last) = double.calls().last() {
-                        self.calls.push((self.now, last.clone()));
-                    }
-                    let event = match result {
-                        Ok(v) => Event::EffectCompleted { key, result: v },
-                        Err(e) => Event::EffectFailed {
-                            key,
-                            error: e.to_string(),
-                            retryable: e.is_transient(),
-                        },
+                        ask.answer(key, seq)
+                    } else {
+                        let double = self.connector(&connector);
+                        let effect = EffectRequest {
+                            idempotency_key: key.clone(),
+                            case_id: case_id.clone(),
+                            step,
+                            operation,
+                            request,
+                            attempt,
+                            redelivered: false,
+                        };
+                        let result = double.call(&effect).await;
+                        if let Some(last) = double.calls().last() {
+                            self.calls.push((self.now, last.clone()));
+                        }
+                        match result {
+                            Ok(v) => Event::EffectCompleted { key, result: v },
+                            Err(e) => Event::EffectFailed {
+                                key,
+                                error: e.to_string(),
+                                retryable: e.is_transient(),
+                            },
+                        }
                     };
                     let case = self
                         .cases
