@@ -33,8 +33,9 @@ cargo build --workspace --all-targets --locked
 say "Rust tests (units, storage on SQLite and PostgreSQL, engine, kill -9)"
 cargo test --workspace --locked -- --test-threads 2
 
-say "the bundled workflows: dossier validate and dossier test"
-./target/debug/dossier validate
+say "the bundled workflows: dossier validate (with placeholder secrets) and dossier test"
+DOSSIER_FNE_API_KEY=x DOSSIER_ORANGE_CLIENT_ID=x DOSSIER_ORANGE_CLIENT_SECRET=x \
+  DOSSIER_SMS_RECEIPT_TOKEN=x ./target/debug/dossier validate
 ./target/debug/dossier test
 
 say "the connectors example: dossier validate (with placeholder secrets) and dossier test"

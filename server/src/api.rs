@@ -58,6 +58,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/api/v1/tasks/{id}/complete", roles: TASK_WORK, mutating: true, summary: "Decide a task: outcome and form data" },
     Endpoint { method: "get", path: "/api/v1/workflows", roles: READ, mutating: false, summary: "Deployed workflows with every stored version and content hash" },
     Endpoint { method: "post", path: "/api/v1/workflows/validate", roles: VALIDATE, mutating: false, summary: "Validate uploaded workflow, rule and template files without deploying" },
+    Endpoint { method: "get", path: "/api/v1/ledger/accounts", roles: READ, mutating: false, summary: "Ledger accounts and their balances (?prefix=credits/): wallets, stock, capacities, running totals" },
+    Endpoint { method: "get", path: "/api/v1/ledger/postings", roles: READ, mutating: false, summary: "An account's postings in order (?account=credits/C1): amount, balance after, the case and effect that made each, and whether the balances follow from each other" },
     Endpoint { method: "get", path: "/api/v1/numbers", roles: READ, mutating: false, summary: "The register of a numbering series in a period (?series=FAC&period=2026): every number, the case and effect that got it, and whether the series has a gap" },
     Endpoint { method: "get", path: "/api/v1/audit", roles: AUDIT, mutating: false, summary: "The audit trail, in order, paginated" },
     Endpoint { method: "get", path: "/api/v1/audit/verify", roles: AUDIT, mutating: false, summary: "Verify the audit trail's hash chain from its first entry" },
@@ -90,6 +92,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/workflows", get(list_workflows))
         .route("/api/v1/workflows/validate", post(validate_workflows))
         .route("/api/v1/numbers", get(list_numbers))
+        .route("/api/v1/ledger/accounts", get(list_ledger_accounts))
+        .route("/api/v1/ledger/postings", get(list_ledger_postings))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/openapi.json", get(openapi))
@@ -1272,6 +1276,79 @@ async fn verify_audit(
     Ok(Json(
         json!({"intact": true, "entries": count, "last_hash": prev}),
     ))
+}
+
+/// An exact decimal as a JSON number (its scale kept: `60.50`).
+fn decimal_json(d: dossier_store::Decimal) -> Value {
+    serde_json::from_str(&d.to_string()).unwrap_or(Value::Null)
+}
+
+/// `GET /ledger/accounts?prefix=credits/`: the accounts whose name starts with the prefix (all
+/// without one), with their balances.
+async fn list_ledger_accounts(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&who, READ)?;
+    let mut p = Params(q);
+    let prefix = p.take("prefix").unwrap_or_default();
+    p.finish(&["prefix"])?;
+    let rows = state.store().ledger_accounts(&prefix).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|a| json!({"account": a.account, "balance": decimal_json(a.balance), "postings": a.postings}))
+        .collect();
+    Ok(Json(
+        json!({"prefix": prefix, "count": items.len(), "items": items}),
+    ))
+}
+
+/// `GET /ledger/postings?account=credits/C1`: an account's journal, for auditors: each posting
+/// with the balance after it and the case and effect key that made it, in order.
+async fn list_ledger_postings(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&who, READ)?;
+    let mut p = Params(q);
+    let account = p.take("account").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_parameter",
+            "give the `account` query parameter, e.g. /api/v1/ledger/postings?account=credits/C1",
+        )
+    })?;
+    p.finish(&["account"])?;
+    let rows = state.store().ledger_postings(&account).await?;
+    // Each balance is the one before plus the amount, by construction; the check is for the
+    // auditor reading the answer.
+    let mut consistent = true;
+    let mut before = dossier_store::Decimal::ZERO;
+    for (i, r) in rows.iter().enumerate() {
+        consistent &= r.seq == i as i64 + 1 && before + r.amount == r.balance;
+        before = r.balance;
+    }
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "amount": decimal_json(r.amount),
+                "balance": decimal_json(r.balance),
+                "instance_id": r.case_id,
+                "effect_key": r.key,
+                "at": time_text(r.at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "account": account,
+        "balance": decimal_json(before),
+        "count": items.len(),
+        "consistent": consistent,
+        "items": items,
+    })))
 }
 
 /// `GET /numbers?series=FAC&period=2026`: the register of a numbering series, for auditors:

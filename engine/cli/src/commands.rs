@@ -457,6 +457,29 @@ async fn engine(
     workers: bool,
 ) -> anyhow::Result<Engine> {
     let registry = registry(root, None, journal)?;
+    engine_with(root, db, registry, clock, workers).await
+}
+
+/// The connectors `dossier.yaml` declares played by recording doubles (with the built-in
+/// ones): what `demo` runs on, so that it needs no server and no secret.
+fn doubles(root: &Path) -> Registry {
+    let mut r = Registry::with_builtins();
+    let builtins = r.names();
+    for (name, ops) in declared_catalog(root) {
+        if !builtins.contains(&name) {
+            r.register(&name, Arc::new(RecordingConnector::new(&name, ops)));
+        }
+    }
+    r
+}
+
+async fn engine_with(
+    root: &Path,
+    db: Option<String>,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    workers: bool,
+) -> anyhow::Result<Engine> {
     let project = Arc::new(load_with(root, &registry)?);
     let store = crate::store::open(&db.unwrap_or_else(|| crate::store::default_db(root))).await?;
     let config = EngineConfig {
@@ -644,7 +667,8 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
     let clock = Arc::new(WarpClock {
         offset_ms: AtomicI64::new(0),
     });
-    let engine = engine(root, Some(db.clone()), None, clock.clone(), true).await?;
+    // Connectors are doubles: the demo sends nothing and needs no server or secret.
+    let engine = engine_with(root, Some(db.clone()), doubles(root), clock.clone(), true).await?;
     println!("Dossier demo — unpaid invoice reminders (workflow relance_facture) on SQLite {db}\n");
     let invoices = [
         (

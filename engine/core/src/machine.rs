@@ -268,6 +268,10 @@ impl Notice {
 /// The connector name of the internal effect that allocates the next number of a series
 /// (`number` steps); the runtime performs it against the store.
 pub const NUMBERING_CONNECTOR: &str = "dossier.numbering";
+/// The internal connector of `ledger` steps (postings applied by the runtime in the store).
+pub const LEDGER_CONNECTOR: &str = "dossier.ledger";
+/// The internal connector of `emit` steps (events delivered by the runtime to other cases).
+pub const EVENTS_CONNECTOR: &str = "dossier.events";
 
 #[derive(Debug, Clone)]
 enum Ending {
@@ -873,6 +877,8 @@ impl CaseState {
             StepKind::Call => self.exec_call(tx, tid, node_id),
             StepKind::Render => self.exec_render(tx, tid, node_id),
             StepKind::Number => self.exec_number(tx, tid, node_id),
+            StepKind::Ledger => self.exec_ledger(tx, tid, node_id),
+            StepKind::Emit => self.exec_emit(tx, tid, node_id),
             StepKind::Fail => {
                 let msg = step.fail.clone().unwrap_or_default();
                 let msg = self.render_inline(tx, &msg).unwrap_or(msg);
@@ -1841,6 +1847,69 @@ impl CaseState {
             connector: NUMBERING_CONNECTOR.to_string(),
             operation: "next".to_string(),
             request: json!({"series": spec.series, "period": period, "format": spec.format}),
+            timeout_ms: None,
+        };
+        self.request_effect(tx, tid, node_id, call);
+        Ok(())
+    }
+
+    /// Postings to ledger accounts, applied by the runtime all or none (an internal effect whose
+    /// key makes a repeated request find the postings already made). The request carries each
+    /// posting's account, amount and bounds as exact decimal texts.
+    fn exec_ledger(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {
+        let step = &tx.prog.node(node_id).step;
+        let specs = step.ledger.as_ref().expect("a ledger step has postings");
+        let mut postings = Vec::with_capacity(specs.len());
+        for (i, p) in specs.iter().enumerate() {
+            let n = i + 1;
+            let account = match self.eval(tx, &p.account.0)? {
+                Value::String(s) if !s.trim().is_empty() && s.len() <= 200 => s.trim().to_string(),
+                other => {
+                    return Err(StepError::fatal(format!(
+                        "posting {n}: the account must be a non-empty text of at most 200 characters, not {other}"
+                    )))
+                }
+            };
+            let quantity = |what: &str, v: Value| match &v {
+                Value::Number(num) => Ok(num.to_string()),
+                _ => Err(StepError::fatal(format!(
+                    "posting {n} on `{account}`: the {what} must be a number, not {v}"
+                ))),
+            };
+            let amount = quantity("amount", self.eval(tx, &p.amount.0)?)?;
+            let min = match &p.min {
+                Some(e) if e.0.trim() == dossier_model::PostingSpec::NO_BOUND => Value::Null,
+                Some(e) => Value::String(quantity("lower bound (min)", self.eval(tx, &e.0)?)?),
+                None => Value::String("0".to_string()),
+            };
+            let max = match &p.max {
+                Some(e) => Value::String(quantity("upper bound (max)", self.eval(tx, &e.0)?)?),
+                None => Value::Null,
+            };
+            postings.push(json!({"account": account, "amount": amount, "min": min, "max": max}));
+        }
+        let call = EffectCall {
+            connector: LEDGER_CONNECTOR.to_string(),
+            operation: "post".to_string(),
+            request: json!({ "postings": postings }),
+            timeout_ms: None,
+        };
+        self.request_effect(tx, tid, node_id, call);
+        Ok(())
+    }
+
+    /// An event for other cases, delivered by the runtime once per effect key.
+    fn exec_emit(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {
+        let step = &tx.prog.node(node_id).step;
+        let spec = step.emit.as_ref().expect("an emit step has an event");
+        let mut payload = serde_json::Map::new();
+        for (k, e) in &spec.payload {
+            payload.insert(k.clone(), self.eval(tx, &e.0)?);
+        }
+        let call = EffectCall {
+            connector: EVENTS_CONNECTOR.to_string(),
+            operation: "emit".to_string(),
+            request: json!({"event": spec.event, "payload": payload}),
             timeout_ms: None,
         };
         self.request_effect(tx, tid, node_id, call);

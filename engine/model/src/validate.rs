@@ -1168,6 +1168,61 @@ impl<'a> Checker<'a> {
         if let Some(n) = &step.number {
             self.check_number(&sp, step, n);
         }
+        if let Some(postings) = &step.ledger {
+            self.check_ledger(&sp, postings);
+        }
+        if let Some(e) = &step.emit {
+            self.check_emit(&sp, e);
+        }
+    }
+
+    fn check_ledger(&mut self, sp: &str, postings: &[crate::PostingSpec]) {
+        let lp = format!("{sp}.ledger");
+        if postings.is_empty() {
+            self.error(
+                self.key(&lp),
+                "the ledger step has no posting",
+                "list the postings: `- {account: '\"credits/\" + input.client', amount: -1}`",
+            );
+        }
+        for (i, p) in postings.iter().enumerate() {
+            let pp = format!("{lp}[{i}]");
+            self.check_expr(
+                &format!("{pp}.account"),
+                p.account.as_str(),
+                ExprContext::Case,
+            );
+            self.check_expr(
+                &format!("{pp}.amount"),
+                p.amount.as_str(),
+                ExprContext::Case,
+            );
+            if let Some(m) = &p.min {
+                if m.as_str().trim() != crate::PostingSpec::NO_BOUND {
+                    self.check_expr(&format!("{pp}.min"), m.as_str(), ExprContext::Case);
+                }
+            }
+            if let Some(m) = &p.max {
+                self.check_expr(&format!("{pp}.max"), m.as_str(), ExprContext::Case);
+            }
+        }
+    }
+
+    fn check_emit(&mut self, sp: &str, e: &crate::EmitSpec) {
+        if e.event.trim().is_empty() {
+            self.error(
+                self.value(&format!("{sp}.emit.event")),
+                "the event name is empty",
+                "name the event sent, such as `paiement_recu`",
+            );
+        }
+        for (key, expr) in &e.payload {
+            self.check_expr(
+                &format!("{sp}.emit.payload.{key}"),
+                expr.as_str(),
+                ExprContext::Case,
+            );
+        }
     }
 
     fn check_number(&mut self, sp: &str, step: &Step, n: &crate::NumberSpec) {

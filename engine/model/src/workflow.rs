@@ -266,6 +266,19 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<NumberSpec>,
 
+    /// Postings to ledger accounts (credits of a wallet, stock, capacity, running totals),
+    /// applied all or none: a posting that would take an account past one of its bounds fails
+    /// the step (its `on_error`) and applies nothing. The result is
+    /// `{postings: [{account, amount, balance}]}`, each balance after its posting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Vec<PostingSpec>>,
+
+    /// Send an event to other cases, as `POST /api/v1/events` does: to every case waiting for
+    /// it whose business keys match the payload, else to the workflows it triggers. The result
+    /// is `{reached: [case ids], started: [case ids]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<EmitSpec>,
+
     /// Variable that receives the step's result (rule output, event payload, task decision,
     /// connector answer, sub-workflow output, rendered text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -329,6 +342,41 @@ pub struct NumberSpec {
     /// digits, zero-padded); default `{series}-{period}-{seq:04}`.
     #[serde(default = "default_number_format")]
     pub format: String,
+}
+
+/// One posting of a `ledger` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostingSpec {
+    /// The account: an expression giving its name (`'credits/' + input.client`). An account
+    /// exists from its first posting, with a balance of 0 before it.
+    pub account: Expr,
+    /// The quantity added (positive) or taken (negative): an expression giving a decimal or a
+    /// whole number. A posting of 0 only reads the balance.
+    pub amount: Expr,
+    /// The lowest balance the account may reach: an expression, default 0; `none` for no lower
+    /// bound (a running total that credit notes may take below zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Expr>,
+    /// The highest balance the account may reach (a capacity, the uses of a promo code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Expr>,
+}
+
+impl PostingSpec {
+    /// The text that, as `min`, removes the lower bound.
+    pub const NO_BOUND: &'static str = "none";
+}
+
+/// An event sent by an `emit` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitSpec {
+    /// Event name (`paiement_recu`).
+    pub event: String,
+    /// The payload: key to expression. The receivers' `correlate` keys are matched against it.
+    #[serde(default)]
+    pub payload: IndexMap<String, Expr>,
 }
 
 fn default_number_format() -> String {
@@ -500,6 +548,8 @@ pub enum StepKind {
     Render,
     Fail,
     Number,
+    Ledger,
+    Emit,
 }
 
 impl StepKind {
@@ -518,6 +568,8 @@ impl StepKind {
             StepKind::Render => "render",
             StepKind::Fail => "fail",
             StepKind::Number => "number",
+            StepKind::Ledger => "ledger",
+            StepKind::Emit => "emit",
         }
     }
 }
@@ -544,6 +596,8 @@ impl Step {
         add(self.render.is_some(), StepKind::Render);
         add(self.fail.is_some(), StepKind::Fail);
         add(self.number.is_some(), StepKind::Number);
+        add(self.ledger.is_some(), StepKind::Ledger);
+        add(self.emit.is_some(), StepKind::Emit);
         k
     }
 

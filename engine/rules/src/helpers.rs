@@ -36,6 +36,14 @@ pub(crate) fn fail<T>(message: impl Into<String>, hint: Option<&str>) -> Res<T> 
 pub const HELPERS: &[(&str, &str)] = &[
     ("decimal", "decimal(text or integer) -> decimal"),
     (
+        "decimal_fr",
+        "decimal_fr(\"1 234,56\") -> decimal (French writing: comma, spaced thousands)",
+    ),
+    (
+        "parse_csv",
+        "parse_csv(text, \";\") -> array of maps keyed by the header row (texts)",
+    ),
+    (
         "round_to",
         "round_to(x, places) -> decimal, half away from zero",
     ),
@@ -113,6 +121,7 @@ pub(crate) fn register(engine: &mut Engine) {
     register_strict_comparisons(engine);
     register_decimals(engine);
     register_dates(engine);
+    register_texts(engine);
     engine
         .register_type_with_name::<HelperError>("error")
         .register_get("message", |e: &mut HelperError| e.message.clone())
@@ -266,6 +275,147 @@ pub fn round_money(x: Decimal, currency: &str) -> Result<Decimal, HelperError> {
 
 fn lift<T>(r: Result<T, HelperError>) -> Res<T> {
     r.or_else(|e| fail(e.message, e.hint.as_deref()))
+}
+
+/// A decimal written the French way, as bank statements do: `1 234,56`, `-12,5`, `1.234,56`
+/// (spaces, narrow or non-breaking spaces and dots between thousands; a comma before the
+/// decimals). A plain `1234.56` is read as written.
+pub fn parse_decimal_fr(text: &str) -> Result<Decimal, HelperError> {
+    let t: String = text
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\u{a0}' | '\u{202f}' | '\''))
+        .collect();
+    let normal = if t.contains(',') {
+        t.replace('.', "").replace(',', ".")
+    } else {
+        t
+    };
+    let normal = normal.strip_prefix('+').unwrap_or(&normal).to_string();
+    crate::convert::parse_decimal_text(&normal).ok_or_else(|| HelperError {
+        message: format!("`{text}` is not a decimal number written the French way"),
+        hint: Some("such as \"1 234,56\" or \"-12,50\"".into()),
+    })
+}
+
+/// The rows of a CSV text (RFC 4180: fields in double quotes may hold the separator, line
+/// breaks and doubled quotes), each a map from the header row's names (trimmed) to its texts.
+/// Blank lines are skipped; a row with more fields than the header is refused, one with fewer
+/// gets empty texts.
+pub fn parse_csv(text: &str, separator: &str) -> Result<Vec<Vec<(String, String)>>, HelperError> {
+    let mut seps = separator.chars();
+    let (Some(sep), None) = (seps.next(), seps.next()) else {
+        return Err(HelperError {
+            message: format!("the CSV separator `{separator}` must be one character"),
+            hint: Some("French bank statements use \";\"; others \",\" or \"\\t\"".into()),
+        });
+    };
+    if sep == '"' || sep == '\n' || sep == '\r' {
+        return Err(HelperError {
+            message: format!("`{separator}` cannot separate CSV fields"),
+            hint: Some("use \";\", \",\" or \"\\t\"".into()),
+        });
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut records: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut line = 1;
+    let mut record_line = 1;
+    let mut chars = text.chars().peekable();
+    let mut end_record = |fields: &mut Vec<String>, field: &mut String, at: usize| {
+        fields.push(std::mem::take(field));
+        let fields = std::mem::take(fields);
+        if !(fields.len() == 1 && fields[0].trim().is_empty()) {
+            records.push((at, fields));
+        }
+    };
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.trim().is_empty() => {
+                field.clear();
+                quoted = true;
+            }
+            c if c == sep => fields.push(std::mem::take(&mut field)),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' => {
+                end_record(&mut fields, &mut field, record_line);
+                line += 1;
+                record_line = line;
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(HelperError {
+            message: format!("line {record_line} of the CSV text: a quoted field is not closed"),
+            hint: Some("close it with \"; a quote inside a field is written twice (\"\")".into()),
+        });
+    }
+    end_record(&mut fields, &mut field, record_line);
+    let mut records = records.into_iter();
+    let Some((_, header)) = records.next() else {
+        return Ok(Vec::new());
+    };
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+    let mut rows = Vec::new();
+    for (at, fields) in records {
+        if fields.len() > header.len() {
+            return Err(HelperError {
+                message: format!(
+                    "line {at} of the CSV text has {} fields, the header {}",
+                    fields.len(),
+                    header.len()
+                ),
+                hint: Some(format!(
+                    "check the separator (`{separator}`) and quote the fields that contain it"
+                )),
+            });
+        }
+        let mut row = Vec::with_capacity(header.len());
+        for (i, name) in header.iter().enumerate() {
+            let value = fields
+                .get(i)
+                .map(|f| f.trim().to_string())
+                .unwrap_or_default();
+            row.push((name.clone(), value));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn register_texts(engine: &mut Engine) {
+    engine.register_fn("decimal_fr", |s: &str| lift(parse_decimal_fr(s)));
+    engine.register_fn("parse_csv", |text: &str, sep: &str| -> Res<rhai::Array> {
+        let rows = lift(parse_csv(text, sep))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let map: rhai::Map = row
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), Dynamic::from(ImmutableString::from(v))))
+                    .collect();
+                Dynamic::from_map(map)
+            })
+            .collect())
+    });
 }
 
 fn register_decimals(engine: &mut Engine) {
@@ -547,4 +697,52 @@ fn register_dates(engine: &mut Engine) {
     engine.register_fn("add_duration", |d: &str, p: &str| -> Res<ImmutableString> {
         lift(add_duration(d, p).map(Into::into))
     });
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    fn rows(text: &str, sep: &str) -> Vec<Vec<(String, String)>> {
+        parse_csv(text, sep).expect("parses")
+    }
+
+    #[test]
+    fn csv_reads_a_french_bank_statement() {
+        let text = "\u{feff}Date;Libellé;Montant;Référence\r\n\
+                    05/11/2026;\"VIR SEPA; KOUASSI\";1 200,00;FAC-2026-0001\r\n\
+                    \r\n\
+                    06/11/2026;\"Dit \"\"ok\"\"\nsuite\";-35,5;\r\n";
+        let r = rows(text, ";");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0][0], ("Date".into(), "05/11/2026".into()));
+        assert_eq!(r[0][1], ("Libellé".into(), "VIR SEPA; KOUASSI".into()));
+        assert_eq!(r[0][3], ("Référence".into(), "FAC-2026-0001".into()));
+        assert_eq!(r[1][1].1, "Dit \"ok\"\nsuite");
+        assert_eq!(r[1][3].1, "", "a missing last field is empty");
+    }
+
+    #[test]
+    fn csv_refusals_name_the_line() {
+        let e = parse_csv("a;b\n1;2;3\n", ";").unwrap_err();
+        assert!(e.message.contains("line 2"), "{}", e.message);
+        let e = parse_csv("a;b\n1;\"2\n", ";").unwrap_err();
+        assert!(e.message.contains("not closed"), "{}", e.message);
+        assert!(parse_csv("a", ";;").is_err());
+        assert!(rows("", ",").is_empty());
+        assert!(rows("a,b\n", ",").is_empty(), "a header alone has no rows");
+    }
+
+    #[test]
+    fn french_decimals() {
+        let d = |s: &str| parse_decimal_fr(s).expect(s).to_string();
+        assert_eq!(d("1 234,56"), "1234.56");
+        assert_eq!(d("1\u{a0}234,5"), "1234.5");
+        assert_eq!(d("1.234.567,00"), "1234567.00");
+        assert_eq!(d("-35,50"), "-35.50");
+        assert_eq!(d("+12"), "12");
+        assert_eq!(d("1234.56"), "1234.56");
+        assert!(parse_decimal_fr("12,3,4").is_err());
+        assert!(parse_decimal_fr("douze").is_err());
+    }
 }

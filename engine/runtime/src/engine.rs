@@ -21,6 +21,7 @@ use dossier_store::{
     AuditEntry, CaseFilter, CaseRecord, CaseWrite, EffectRecord, InboxRecord, Store, StoreError,
 };
 use serde_json::{json, Value};
+use sha2::Digest;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::apply::{case_write, ChainHead};
@@ -1897,6 +1898,18 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             hand_back(&inner, key, job.case_id, event);
             return;
         }
+        if job.connector == dossier_core::LEDGER_CONNECTOR {
+            let at = inner.clock.now().timestamp_millis();
+            let event =
+                crate::ledger::post(&*inner.store, &job.key, &job.case_id, at, &job.request).await;
+            hand_back(&inner, key, job.case_id, event);
+            return;
+        }
+        if job.connector == dossier_core::EVENTS_CONNECTOR {
+            let event = emit_event(&inner, &job).await;
+            hand_back(&inner, key, job.case_id, event);
+            return;
+        }
         let permit = inner.effect_slots.clone().acquire_owned().await;
         let req = EffectRequest {
             idempotency_key: job.key.clone(),
@@ -1940,6 +1953,37 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
         };
         hand_back(&inner, key, job.case_id, event);
     });
+}
+
+/// Delivers an `emit` step's event as `POST /api/v1/events` would, deduplicated by the
+/// effect's key: a repeat after a restart reaches only the cases the first delivery missed.
+async fn emit_event(inner: &Arc<Inner>, job: &EffectJob) -> Event {
+    let name = job.request["event"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let payload = job.request["payload"].clone();
+    let dedup = Dedup {
+        scope: format!("emit:{}", job.key),
+        request_hash: hex::encode(sha2::Sha256::digest(job.request.to_string().as_bytes())),
+    };
+    let engine = Engine {
+        inner: inner.clone(),
+    };
+    match engine
+        .deliver_event(&name, payload, Some(dedup), None)
+        .await
+    {
+        Ok(d) => Event::EffectCompleted {
+            key: job.key.clone(),
+            result: json!({"reached": d.reached, "started": d.started}),
+        },
+        Err(e) => Event::EffectFailed {
+            key: job.key.clone(),
+            error: format!("cannot deliver the event `{name}`: {e}"),
+            retryable: true,
+        },
+    }
 }
 
 /// Gives a `number` step its number: allocated in the store, the same for the same key.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use dossier_connectors::{Connector, EffectRequest, Recorded, RecordingConnector};
 use dossier_core::replay::{replay, RecordedEvent};
 use dossier_core::{Action, CaseState, Event, ParentRef, Program, Transition};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::project::Project;
 use crate::{Result, RuntimeError};
@@ -54,6 +54,8 @@ pub struct Simulation<'p> {
     effects: VecDeque<(String, Action)>,
     /// `number` steps' series, counted in memory.
     numbers: crate::numbering::MemoryNumbers,
+    /// `ledger` steps' accounts, in memory.
+    ledger: dossier_store::memory::MemoryStore,
     connectors: BTreeMap<String, Arc<RecordingConnector>>,
     /// Every connector call in order, with the virtual time it happened.
     pub calls: Vec<(DateTime<Utc>, Recorded)>,
@@ -78,6 +80,7 @@ impl<'p> Simulation<'p> {
             tasks: BTreeMap::new(),
             effects: VecDeque::new(),
             numbers: Default::default(),
+            ledger: Default::default(),
             connectors: BTreeMap::new(),
             calls: Vec::new(),
             timeline: Vec::new(),
@@ -87,6 +90,24 @@ impl<'p> Simulation<'p> {
 
     /// The recording double that plays connector `name`.
     pub fn connector(&mut self, name: &str) -> Arc<RecordingConnector> {
+        if name == dossier_core::EVENTS_CONNECTOR {
+            // `emit` steps: recorded like a connector call; by default the event reached no
+            // case and started none (a test scripts other answers).
+            return self
+                .connectors
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let double = RecordingConnector::new(name, vec!["emit".to_string()]);
+                    double.script(
+                        "emit",
+                        vec![dossier_connectors::Scripted::Ok(
+                            json!({"reached": [], "started": []}),
+                        )],
+                    );
+                    Arc::new(double)
+                })
+                .clone();
+        }
         let ops = self
             .project
             .connectors
@@ -97,6 +118,33 @@ impl<'p> Simulation<'p> {
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(RecordingConnector::new(name, ops)))
             .clone()
+    }
+
+    /// Sets an account's opening balance (a workflow test's `ledger:`), as a posting made before
+    /// the case starts.
+    pub async fn open_account(&self, account: &str, balance: dossier_store::Decimal) -> Result<()> {
+        let req = dossier_store::LedgerRequest {
+            key: format!("ouverture:{account}"),
+            case_id: String::new(),
+            at: self.now.timestamp_millis(),
+            postings: vec![dossier_store::PostingRequest {
+                account: account.to_string(),
+                amount: balance,
+                min: None,
+                max: None,
+            }],
+        };
+        dossier_store::Store::post_ledger(&self.ledger, &req).await?;
+        Ok(())
+    }
+
+    /// Every account's balance, by name.
+    pub async fn balances(&self) -> Result<BTreeMap<String, dossier_store::Decimal>> {
+        Ok(dossier_store::Store::ledger_accounts(&self.ledger, "")
+            .await?
+            .into_iter()
+            .map(|a| (a.account, a.balance))
+            .collect())
     }
 
     /// Starts a case of a deployed workflow and runs it until it waits.
@@ -254,6 +302,9 @@ impl<'p> Simulation<'p> {
                         let ask = crate::numbering::Ask::of(&request);
                         let seq = self.numbers.allocate(&ask, &key);
                         ask.answer(key, seq)
+                    } else if connector == dossier_core::LEDGER_CONNECTOR {
+                        let at = self.now.timestamp_millis();
+                        crate::ledger::post(&self.ledger, &key, &case_id, at, &request).await
                     } else {
                         let double = self.connector(&connector);
                         let effect = EffectRequest {

@@ -55,6 +55,9 @@ pub struct WorkflowTest {
     pub input: Value,
     #[serde(default)]
     pub connectors: std::collections::BTreeMap<String, Vec<Answer>>,
+    /// Opening balances of ledger accounts, before the case starts (`credits/C1: 100`).
+    #[serde(default)]
+    pub ledger: std::collections::BTreeMap<String, Value>,
     #[serde(default)]
     pub script: Vec<ScriptItem>,
     /// How long virtual time may run after the script (default P400D).
@@ -117,6 +120,9 @@ pub struct Expect {
     /// Open tasks at the end, by step id.
     #[serde(default)]
     pub open_tasks: Option<Vec<String>>,
+    /// Balances of ledger accounts at the end (an account never posted to counts as 0).
+    #[serde(default)]
+    pub ledger: Option<std::collections::BTreeMap<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,14 +218,26 @@ async fn run_one(project: &Project, workflow: &str, test: &WorkflowTest) -> Resu
                     ))
                 }
             };
+            let default_op = if name == dossier_core::EVENTS_CONNECTOR {
+                "emit"
+            } else {
+                "send"
+            };
             by_op
-                .entry(a.operation.clone().unwrap_or_else(|| "send".into()))
+                .entry(a.operation.clone().unwrap_or_else(|| default_op.into()))
                 .or_default()
                 .push(s);
         }
         for (op, list) in by_op {
             double.script(&op, list);
         }
+    }
+    for (account, balance) in &test.ledger {
+        let balance = quantity(balance)
+            .ok_or_else(|| format!("ledger: the opening balance of `{account}` is not a number"))?;
+        sim.open_account(account, balance)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let case = sim
         .start(workflow, test.input.clone())
@@ -281,7 +299,9 @@ async fn run_one(project: &Project, workflow: &str, test: &WorkflowTest) -> Resu
     sim.run_to_end(limit).await.map_err(|e| e.to_string())?;
     sim.verify_replay()
         .map_err(|e| format!("the history does not replay: {e}"))?;
-    check(&sim, &case, start, &test.expect).map_err(|m| format!("{m}\n{}", timeline(&sim, start)))
+    let balances = sim.balances().await.map_err(|e| e.to_string())?;
+    check(&sim, &case, start, &test.expect, &balances)
+        .map_err(|m| format!("{m}\n{}", timeline(&sim, start)))
 }
 
 fn check(
@@ -289,6 +309,7 @@ fn check(
     case: &str,
     start: DateTime<Utc>,
     expect: &Expect,
+    balances: &std::collections::BTreeMap<String, dossier_store::Decimal>,
 ) -> Result<(), String> {
     let c = &sim.cases[case];
     if let Some(status) = &expect.status {
@@ -319,6 +340,19 @@ fn check(
     }
     if let Some(vars) = &expect.vars {
         subset("variables", vars, &Value::Object(c.state.vars.clone()))?;
+    }
+    if let Some(want) = &expect.ledger {
+        for (account, expected) in want {
+            let expected = quantity(expected).ok_or_else(|| {
+                format!("expect.ledger: the balance of `{account}` is not a number")
+            })?;
+            let got = balances.get(account).copied().unwrap_or_default();
+            if got != expected {
+                return Err(format!(
+                    "expected ledger account `{account}` at {expected}, got {got}"
+                ));
+            }
+        }
     }
     if let Some(tasks) = &expect.open_tasks {
         let mut open: Vec<&str> = sim
@@ -433,4 +467,13 @@ fn timeline(sim: &Simulation, start: DateTime<Utc>) -> String {
             .collect::<Vec<_>>()
             .join("\n")
     )
+}
+
+/// A quantity written in a test file (a YAML number, exact, or a text holding one).
+fn quantity(v: &Value) -> Option<dossier_store::Decimal> {
+    match v {
+        Value::Number(n) => n.to_string().parse().ok(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }

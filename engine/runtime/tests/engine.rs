@@ -142,6 +142,7 @@ engine_tests!(
     restart_while_an_effect_is_in_flight,
     restart_while_a_timer_is_pending,
     numbers_are_gapless_and_unique_across_concurrent_cases,
+    ledger_postings_hold_their_bounds_and_emit_reaches_the_waiting_case,
 );
 
 // =============================================================================================
@@ -331,6 +332,40 @@ output:
   salutation: salutation
 "#;
 
+const CREDITS: &str = r#"
+id: credits
+version: 1
+title: Mouvement de crédits
+input:
+  client: { type: text }
+  quantite: { type: decimal }
+  facture: { type: text }
+steps:
+  - id: depart
+    assign: { refuse: "false" }
+  - id: mouvement
+    ledger:
+      - account: '"credits/" + input.client'
+        amount: "-input.quantite"
+      - account: '`consommes/${input.client}`'
+        amount: input.quantite
+        min: none
+    result: mouvement
+    on_error: refus
+  - id: avis
+    emit:
+      event: paiement_recu
+      payload: { facture: input.facture, montant: input.quantite }
+    result: envoi
+    next: end
+  - id: refus
+    assign: { refuse: "true", motif: error.message }
+output:
+  refuse: refuse
+  solde: 'if refuse { () } else { mouvement.postings[0].balance }'
+  atteints: 'if refuse { 0 } else { envoi.reached.len() }'
+"#;
+
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -351,6 +386,7 @@ fn project() -> (tempfile::TempDir, Arc<Project>) {
         ("enfant", ENFANT),
         ("parent_errone", PARENT_ERRONE),
         ("facture", FACTURE),
+        ("credits", CREDITS),
     ] {
         write(root, &format!("workflows/{name}.yaml"), text);
     }
@@ -546,8 +582,14 @@ async fn check_all_cases(engine: &Engine, sms: &[Arc<RecordingConnector>]) {
         );
         for r in &events {
             if let Event::EffectRequested { key, connector, .. } = &r.event {
-                // Numbers are allocated by the store, not by a connector.
-                if connector != dossier_core::NUMBERING_CONNECTOR {
+                // Numbers and postings are made by the store, events delivered by the engine:
+                // no connector performs them.
+                let internal = [
+                    dossier_core::NUMBERING_CONNECTOR,
+                    dossier_core::LEDGER_CONNECTOR,
+                    dossier_core::EVENTS_CONNECTOR,
+                ];
+                if !internal.contains(&connector.as_str()) {
                     requested.insert(key.clone());
                 }
             }
@@ -1063,6 +1105,77 @@ fn numbers_are_gapless_and_unique_across_concurrent_cases(db: &Db) {
                 .expect("a case of the register");
             assert_eq!(number, &format!("FAC-2026-{:04}", r.seq), "case {case}");
         }
+        check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
+    });
+}
+
+/// Ten credits bought, then fifteen cases take one each at once: ten are served and five
+/// refused by the account's lower bound, with no lost update. Then a credit bought and taken
+/// for invoice F-1: its case emits the payment that the case waiting for F-1 receives.
+fn ledger_postings_hold_their_bounds_and_emit_reaches_the_waiting_case(db: &Db) {
+    runtime().block_on(async {
+        let n = node(db).await;
+        let credits = |quantite: i64, facture: &str| {
+            json!({"client": "C1", "quantite": quantite, "facture": facture})
+        };
+        let bought = n.engine.run_case("credits", credits(-10, "achat")).await.unwrap();
+        assert_eq!(bought.output["solde"], json!(10));
+        let mut runs = Vec::new();
+        for i in 0..15 {
+            let engine = n.engine.clone();
+            let input = credits(1, &format!("F-{i}-x"));
+            runs.push(tokio::spawn(async move { engine.run_case("credits", input).await }));
+        }
+        let (mut served, mut refused) = (0, 0);
+        for r in runs {
+            let done = tokio::time::timeout(DEADLINE, r)
+                .await
+                .expect("every case ends in time")
+                .unwrap()
+                .unwrap();
+            assert_eq!(done.status, CaseStatus::Completed);
+            if done.output["refuse"] == json!(true) {
+                refused += 1;
+            } else {
+                served += 1;
+                assert_eq!(done.output["atteints"], json!(0), "nobody waits for F-i-x");
+            }
+        }
+        assert_eq!((served, refused), (10, 5));
+        let balances = |accounts: Vec<dossier_store::LedgerAccount>| -> Vec<(String, String)> {
+            accounts
+                .into_iter()
+                .map(|a| (a.account, a.balance.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            balances(n.engine.store().ledger_accounts("").await.unwrap()),
+            vec![
+                ("consommes/C1".to_string(), "0".to_string()),
+                ("credits/C1".to_string(), "0".to_string()),
+            ]
+        );
+        let journal = n.engine.store().ledger_postings("credits/C1").await.unwrap();
+        assert_eq!(journal.len(), 11, "one purchase and ten debits");
+        for w in journal.windows(2) {
+            assert_eq!(w[1].balance, w[0].balance + w[1].amount);
+        }
+
+        let waiting = n
+            .engine
+            .start_case(
+                "paiement",
+                json!({"facture": "F-1", "tel": "+2250700000001"}),
+                None,
+            )
+            .await
+            .unwrap()
+            .case_id;
+        wait_status(&n.engine, &waiting, "waiting").await;
+        n.engine.run_case("credits", credits(-1, "achat")).await.unwrap();
+        let spent = n.engine.run_case("credits", credits(1, "F-1")).await.unwrap();
+        assert_eq!(spent.output["atteints"], json!(1));
+        wait_status(&n.engine, &waiting, "completed").await;
         check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }

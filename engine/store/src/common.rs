@@ -551,3 +551,96 @@ impl From<sqlx::Error> for RoundError {
         }
     }
 }
+
+/// Applies a ledger request's postings to the balances they start from (`balances`: every
+/// account of the request, 0 for a new one), in order. Returns the postings made, numbered from
+/// `counts` (each account's last `seq`), or the first posting refused by a bound. A posting of
+/// zero reads the balance and checks no bound.
+pub(crate) fn apply_postings(
+    req: &crate::LedgerRequest,
+    balances: &mut std::collections::BTreeMap<String, crate::Decimal>,
+    counts: &mut std::collections::BTreeMap<String, i64>,
+) -> Result<Result<Vec<crate::LedgerPosting>, crate::LedgerRefusal>, StoreError> {
+    let mut made = Vec::with_capacity(req.postings.len());
+    for (index, p) in req.postings.iter().enumerate() {
+        let before = balances.get(&p.account).copied().unwrap_or_default();
+        let after = before
+            .checked_add(p.amount)
+            .ok_or_else(|| StoreError::Ledger {
+                account: p.account.clone(),
+                message: format!("{before} + {} does not fit an exact decimal", p.amount),
+            })?;
+        if !p.amount.is_zero() {
+            let refused = |bound: crate::Decimal, lower: bool| crate::LedgerRefusal {
+                index,
+                account: p.account.clone(),
+                balance: before,
+                amount: p.amount,
+                bound,
+                lower,
+            };
+            if let Some(min) = p.min.filter(|m| after < *m) {
+                return Ok(Err(refused(min, true)));
+            }
+            if let Some(max) = p.max.filter(|m| after > *m) {
+                return Ok(Err(refused(max, false)));
+            }
+        }
+        let seq = counts.entry(p.account.clone()).or_insert(0);
+        *seq += 1;
+        balances.insert(p.account.clone(), after);
+        made.push(crate::LedgerPosting {
+            account: p.account.clone(),
+            seq: *seq,
+            amount: p.amount,
+            balance: after,
+            key: req.key.clone(),
+            index: index as i64,
+            case_id: req.case_id.clone(),
+            at: req.at,
+        });
+    }
+    Ok(Ok(made))
+}
+
+/// A decimal read back from the store.
+pub(crate) fn stored_decimal(account: &str, text: &str) -> Result<crate::Decimal, StoreError> {
+    text.parse().map_err(|_| StoreError::Ledger {
+        account: account.to_string(),
+        message: format!("the stored quantity {text:?} is not a decimal"),
+    })
+}
+
+/// The distinct accounts of a request, sorted: the order locks are taken in, so two requests
+/// never wait for each other in a circle.
+pub(crate) fn request_accounts(req: &crate::LedgerRequest) -> Vec<String> {
+    let set: std::collections::BTreeSet<&String> =
+        req.postings.iter().map(|p| &p.account).collect();
+    set.into_iter().cloned().collect()
+}
+
+/// The columns of `ledger_postings`, in the order of [`PostingRow`].
+pub(crate) const POSTING_COLS: &str = "account, seq, amount, balance, key, idx, case_id, at";
+/// A `ledger_postings` row (quantities as their exact decimal text).
+pub(crate) type PostingRow = (String, i64, String, String, String, i64, String, i64);
+
+pub(crate) fn posting_from(r: PostingRow) -> Result<crate::LedgerPosting, StoreError> {
+    Ok(crate::LedgerPosting {
+        amount: stored_decimal(&r.0, &r.2)?,
+        balance: stored_decimal(&r.0, &r.3)?,
+        account: r.0,
+        seq: r.1,
+        key: r.4,
+        index: r.5,
+        case_id: r.6,
+        at: r.7,
+    })
+}
+
+pub(crate) fn account_from(r: (String, String, i64)) -> Result<crate::LedgerAccount, StoreError> {
+    Ok(crate::LedgerAccount {
+        balance: stored_decimal(&r.0, &r.1)?,
+        account: r.0,
+        postings: r.2,
+    })
+}

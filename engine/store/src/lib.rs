@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
+pub use rust_decimal::Decimal;
 
 /// UTC milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -61,6 +62,10 @@ pub enum StoreError {
         .0.refused.period
     )]
     NumberKeyReused(Box<NumberKeyReuse>),
+    /// A ledger balance or amount does not fit an exact decimal (28 significant digits), or a
+    /// stored balance is not a decimal.
+    #[error("the ledger account {account:?}: {message}")]
+    Ledger { account: String, message: String },
     /// The counter of a numbering series reached the largest number the store can hold.
     #[error("the numbering series {series:?} in period {period:?} has no number left")]
     NumberSeriesExhausted { series: String, period: String },
@@ -381,6 +386,79 @@ pub struct NumberRecord {
     pub at: Millis,
 }
 
+/// Postings asked for by one effect (a `ledger` step), applied all or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRequest {
+    /// The idempotency key of the effect: a repeated request finds the postings it made.
+    pub key: String,
+    pub case_id: String,
+    pub at: Millis,
+    pub postings: Vec<PostingRequest>,
+}
+
+/// One posting of a [`LedgerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostingRequest {
+    pub account: String,
+    /// Added to the balance (negative: taken). Zero reads the balance.
+    pub amount: Decimal,
+    /// The lowest balance allowed after the posting (`None`: no lower bound).
+    pub min: Option<Decimal>,
+    /// The highest balance allowed after the posting (`None`: no upper bound).
+    pub max: Option<Decimal>,
+}
+
+/// A posting made: the account's balance after it, and who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerPosting {
+    pub account: String,
+    /// 1-based, gapless per account.
+    pub seq: i64,
+    pub amount: Decimal,
+    /// The account's balance after this posting.
+    pub balance: Decimal,
+    /// The idempotency key of the effect that made it, and its place in that effect's request.
+    pub key: String,
+    pub index: i64,
+    pub case_id: String,
+    pub at: Millis,
+}
+
+/// A request refused because a posting would take its account past a bound; nothing was
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRefusal {
+    /// The refused posting's place in the request (0-based).
+    pub index: usize,
+    pub account: String,
+    /// The balance before that posting (earlier postings of the request included).
+    pub balance: Decimal,
+    pub amount: Decimal,
+    /// The bound it would break, and whether it is the lower one.
+    pub bound: Decimal,
+    pub lower: bool,
+}
+
+/// The answer to a [`LedgerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerOutcome {
+    /// Applied now (`fresh`), or found applied by an earlier request with the same key.
+    Posted {
+        postings: Vec<LedgerPosting>,
+        fresh: bool,
+    },
+    Refused(LedgerRefusal),
+}
+
+/// An account and its balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerAccount {
+    pub account: String,
+    pub balance: Decimal,
+    /// How many postings it has had (the `seq` of the last one).
+    pub postings: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaseFilter {
     pub workflow_id: Option<String>,
@@ -523,4 +601,13 @@ pub trait Store: Send + Sync {
     async fn allocate_number(&self, req: &NumberRequest) -> Result<NumberAllocation>;
     /// The numbers given in a series and period, in order (for audits: no gap, who got each).
     async fn numbers(&self, series: &str, period: &str) -> Result<Vec<NumberRecord>>;
+    /// Applies a ledger request in one transaction: every posting, or none when one would take
+    /// its account past a bound ([`LedgerOutcome::Refused`]). The same key finds the postings
+    /// it made (a repeated request after a restart posts nothing more). Concurrent requests on
+    /// one account are serialised: no balance is computed from a stale one.
+    async fn post_ledger(&self, req: &LedgerRequest) -> Result<LedgerOutcome>;
+    /// The accounts whose name starts with `prefix`, by name.
+    async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>>;
+    /// An account's postings, in order.
+    async fn ledger_postings(&self, account: &str) -> Result<Vec<LedgerPosting>>;
 }

@@ -15,10 +15,12 @@ use crate::common::{
     api_key_conflict, batch_audit, conflict_of, fresh_number, next_audit_record,
     next_audit_records, repeated_number, sort_api_keys, take_limit,
 };
+use crate::common::{apply_postings, request_accounts};
 use crate::{
-    ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
-    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, Decimal,
+    DefinitionRecord, EffectRecord, EventRecord, InboxRecord, LedgerAccount, LedgerOutcome,
+    LedgerPosting, LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result,
+    Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 /// The in-memory implementation of [`Store`]. Nothing survives the process.
@@ -51,6 +53,10 @@ struct State {
     numbers: BTreeMap<(String, String, i64), NumberRecord>,
     /// The (series, period, seq) each idempotency key holds.
     number_keys: BTreeMap<String, (String, String, i64)>,
+    /// Keyed by account: (balance, postings in order).
+    ledger: BTreeMap<String, (Decimal, Vec<LedgerPosting>)>,
+    /// The (account, seq) of each posting an idempotency key made, in request order.
+    ledger_keys: BTreeMap<String, Vec<(String, i64)>>,
 }
 
 /// What to restore to undo one change of a failed batch.
@@ -543,6 +549,81 @@ impl Store for MemoryStore {
             .take_while(|((s, p, _), _)| s == series && p == period)
             .map(|(_, n)| n.clone())
             .collect())
+    }
+
+    async fn post_ledger(&self, req: &LedgerRequest) -> Result<LedgerOutcome> {
+        // One lock for the lookup, the balances and the postings: nothing comes in between.
+        let mut state = self.lock();
+        if let Some(made) = state.ledger_keys.get(&req.key) {
+            let postings = made
+                .iter()
+                .filter_map(|(a, seq)| {
+                    let list = &state.ledger.get(a)?.1;
+                    usize::try_from(*seq - 1)
+                        .ok()
+                        .and_then(|i| list.get(i))
+                        .cloned()
+                })
+                .collect();
+            return Ok(LedgerOutcome::Posted {
+                postings,
+                fresh: false,
+            });
+        }
+        let mut balances = BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        for account in request_accounts(req) {
+            if let Some((balance, list)) = state.ledger.get(&account) {
+                balances.insert(account.clone(), *balance);
+                counts.insert(account, list.len() as i64);
+            }
+        }
+        let postings = match apply_postings(req, &mut balances, &mut counts)? {
+            Ok(p) => p,
+            Err(refusal) => return Ok(LedgerOutcome::Refused(refusal)),
+        };
+        for p in &postings {
+            let entry = state
+                .ledger
+                .entry(p.account.clone())
+                .or_insert_with(|| (Decimal::ZERO, Vec::new()));
+            entry.0 = p.balance;
+            entry.1.push(p.clone());
+        }
+        state.ledger_keys.insert(
+            req.key.clone(),
+            postings
+                .iter()
+                .map(|p| (p.account.clone(), p.seq))
+                .collect(),
+        );
+        Ok(LedgerOutcome::Posted {
+            postings,
+            fresh: true,
+        })
+    }
+
+    async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>> {
+        let state = self.lock();
+        Ok(state
+            .ledger
+            .range(prefix.to_string()..)
+            .take_while(|(a, _)| a.starts_with(prefix))
+            .map(|(a, (balance, list))| LedgerAccount {
+                account: a.clone(),
+                balance: *balance,
+                postings: list.len() as i64,
+            })
+            .collect())
+    }
+
+    async fn ledger_postings(&self, account: &str) -> Result<Vec<LedgerPosting>> {
+        let state = self.lock();
+        Ok(state
+            .ledger
+            .get(account)
+            .map(|(_, list)| list.clone())
+            .unwrap_or_default())
     }
 
     async fn audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {

@@ -10,6 +10,7 @@
 //! writer re-checks the condition against the committed row, so two nodes racing on one case
 //! cannot both succeed: the loser changes no row and reports a conflict.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use sqlx::{ConnectOptions, QueryBuilder};
 
+use crate::common::{
+    account_from, apply_postings, posting_from, request_accounts, stored_decimal, PostingRow,
+    POSTING_COLS,
+};
 use crate::common::{
     api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
     case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
@@ -28,8 +33,9 @@ use crate::common::{
 };
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
-    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    EffectRecord, EventRecord, InboxRecord, LedgerAccount, LedgerOutcome, LedgerPosting,
+    LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result, Store,
+    StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -43,6 +49,8 @@ const AUDIT_LOCK: i64 = 0x646f_7373_6175_6469;
 /// The unique constraint on `numbers.key` (see the numbering migration): a record refused by it
 /// lost a race on its idempotency key.
 const NUMBERS_KEY: &str = "numbers_key";
+/// The unique constraint on a ledger posting's (key, index): a race lost on an effect's key.
+const LEDGER_POSTINGS_KEY: &str = "ledger_postings_key";
 /// Rounds of [`Store::allocate_number`]: a lost race costs one more; a third is only needed if
 /// the winner's record vanished in between.
 const NUMBER_ROUNDS: usize = 3;
@@ -587,9 +595,139 @@ impl Store for PgStore {
         .await?;
         Ok(rows.into_iter().map(number_from).collect())
     }
+
+    async fn post_ledger(&self, req: &LedgerRequest) -> Result<LedgerOutcome> {
+        // Each round: the postings the key already made (a repeat), else one transaction that
+        // creates the missing accounts, locks every account of the request in name order (so
+        // two requests never wait on each other in a circle), computes the balances from the
+        // locked rows and writes the postings. A transaction whose postings hit the unique key
+        // lost a race on that key to another node: it rolls back and the next round finds the
+        // winner's postings.
+        for _ in 0..NUMBER_ROUNDS {
+            let made = self.postings_of_key(&req.key).await?;
+            if !made.is_empty() {
+                return Ok(LedgerOutcome::Posted {
+                    postings: made,
+                    fresh: false,
+                });
+            }
+            let accounts = request_accounts(req);
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO ledger_accounts (account, balance, postings) \
+                 SELECT a, '0', 0 FROM unnest($1::text[]) AS a ON CONFLICT (account) DO NOTHING",
+            )
+            .bind(&accounts)
+            .execute(&mut *tx)
+            .await?;
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT account, balance, postings FROM ledger_accounts \
+                 WHERE account = ANY($1) ORDER BY account FOR UPDATE",
+            )
+            .bind(&accounts)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut balances = BTreeMap::new();
+            let mut counts = BTreeMap::new();
+            for (account, balance, n) in rows {
+                balances.insert(account.clone(), stored_decimal(&account, &balance)?);
+                counts.insert(account, n);
+            }
+            let postings = match apply_postings(req, &mut balances, &mut counts)? {
+                Ok(p) => p,
+                Err(refusal) => {
+                    // The accounts created above are not kept: a refused request writes nothing.
+                    tx.rollback().await?;
+                    return Ok(LedgerOutcome::Refused(refusal));
+                }
+            };
+            let mut lost = false;
+            for p in &postings {
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO ledger_postings ({POSTING_COLS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ))
+                .bind(&p.account)
+                .bind(p.seq)
+                .bind(p.amount.to_string())
+                .bind(p.balance.to_string())
+                .bind(&p.key)
+                .bind(p.index)
+                .bind(&p.case_id)
+                .bind(p.at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(d))
+                        if d.constraint() == Some(LEDGER_POSTINGS_KEY) =>
+                    {
+                        lost = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if lost {
+                tx.rollback().await?;
+                continue;
+            }
+            for (account, balance) in &balances {
+                sqlx::query(
+                    "UPDATE ledger_accounts SET balance = $2, postings = $3 WHERE account = $1",
+                )
+                .bind(account)
+                .bind(balance.to_string())
+                .bind(counts[account])
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            return Ok(LedgerOutcome::Posted {
+                postings,
+                fresh: true,
+            });
+        }
+        Err(StoreError::Conflict {
+            case_id: req.case_id.clone(),
+            expected: None,
+        })
+    }
+
+    async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT account, balance, postings FROM ledger_accounts \
+             WHERE starts_with(account, $1) ORDER BY account COLLATE \"C\"",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(account_from).collect()
+    }
+
+    async fn ledger_postings(&self, account: &str) -> Result<Vec<LedgerPosting>> {
+        let rows: Vec<PostingRow> = sqlx::query_as(&format!(
+            "SELECT {POSTING_COLS} FROM ledger_postings WHERE account = $1 ORDER BY seq"
+        ))
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(posting_from).collect()
+    }
 }
 
 impl PgStore {
+    /// The postings an idempotency key made, in request order.
+    async fn postings_of_key(&self, key: &str) -> Result<Vec<LedgerPosting>> {
+        let rows: Vec<PostingRow> = sqlx::query_as(&format!(
+            "SELECT {POSTING_COLS} FROM ledger_postings WHERE key = $1 ORDER BY idx"
+        ))
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(posting_from).collect()
+    }
+
     /// The number an idempotency key holds, if any.
     async fn number_of_key(&self, key: &str) -> Result<Option<NumberRecord>> {
         let row: Option<NumberRow> = sqlx::query_as(concat!(

@@ -20,6 +20,7 @@
 //! multi-row ones here (SQLite's per-statement overhead is tiny once prepared), and they need
 //! neither rounds nor a replay to name the culprit.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -39,6 +40,10 @@ use sqlx::{ConnectOptions, Connection as _, QueryBuilder};
 use tokio::sync::oneshot;
 
 use crate::common::{
+    account_from, apply_postings, posting_from, request_accounts, stored_decimal, PostingRow,
+    POSTING_COLS,
+};
+use crate::common::{
     api_key_cols, api_key_conflict, api_key_from, audit_cols, audit_from, batch_audit, case_cols,
     case_from, conflict_of, definition_cols, definition_from, effect_cols, effect_from, event_cols,
     event_from, fresh_number, inbox_cols, inbox_from, next_audit_records, number_cols, number_from,
@@ -48,8 +53,9 @@ use crate::common::{
 };
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, DefinitionRecord,
-    EffectRecord, EventRecord, InboxRecord, Millis, NumberAllocation, NumberRecord, NumberRequest,
-    Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    EffectRecord, EventRecord, InboxRecord, LedgerAccount, LedgerOutcome, LedgerPosting,
+    LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result, Store,
+    StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -585,6 +591,36 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows.into_iter().map(number_from).collect())
     }
+
+    async fn post_ledger(&self, req: &LedgerRequest) -> Result<LedgerOutcome> {
+        let req = req.clone();
+        // One writer thread and BEGIN IMMEDIATE: the balances read are the latest, and nothing
+        // comes between reading them and writing the postings.
+        self.writer
+            .run(move |conn| in_transaction(conn, |conn| post_ledger(conn, &req)))
+            .await
+    }
+
+    async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT account, balance, postings FROM ledger_accounts \
+             WHERE substr(account, 1, length($1)) = $1 ORDER BY account",
+        )
+        .bind(prefix)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter().map(account_from).collect()
+    }
+
+    async fn ledger_postings(&self, account: &str) -> Result<Vec<LedgerPosting>> {
+        let rows: Vec<PostingRow> = sqlx::query_as(&format!(
+            "SELECT {POSTING_COLS} FROM ledger_postings WHERE account = $1 ORDER BY seq"
+        ))
+        .bind(account)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter().map(posting_from).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,6 +999,76 @@ fn allocate_number(conn: &Connection, req: &NumberRequest) -> Result<NumberAlloc
         req.at
     ])?;
     Ok(fresh_number(req, seq))
+}
+
+/// [`Store::post_ledger`] inside the caller's transaction.
+fn post_ledger(conn: &Connection, req: &LedgerRequest) -> Result<LedgerOutcome> {
+    let made: Vec<PostingRow> = conn
+        .prepare_cached(&format!(
+            "SELECT {POSTING_COLS} FROM ledger_postings WHERE key = ?1 ORDER BY idx"
+        ))?
+        .query_map([&req.key], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if !made.is_empty() {
+        return Ok(LedgerOutcome::Posted {
+            postings: made.into_iter().map(posting_from).collect::<Result<_>>()?,
+            fresh: false,
+        });
+    }
+    let mut balances = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for account in request_accounts(req) {
+        let row: Option<(String, i64)> = conn
+            .prepare_cached("SELECT balance, postings FROM ledger_accounts WHERE account = ?1")?
+            .query_row([&account], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((balance, n)) = row {
+            balances.insert(account.clone(), stored_decimal(&account, &balance)?);
+            counts.insert(account, n);
+        }
+    }
+    let postings = match apply_postings(req, &mut balances, &mut counts)? {
+        Ok(p) => p,
+        Err(refusal) => return Ok(LedgerOutcome::Refused(refusal)),
+    };
+    for p in &postings {
+        conn.prepare_cached(&format!(
+            "INSERT INTO ledger_postings ({POSTING_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))?
+        .execute(params![
+            p.account,
+            p.seq,
+            p.amount.to_string(),
+            p.balance.to_string(),
+            p.key,
+            p.index,
+            p.case_id,
+            p.at
+        ])?;
+    }
+    for (account, balance) in &balances {
+        conn.prepare_cached(
+            "INSERT INTO ledger_accounts (account, balance, postings) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (account) DO UPDATE SET balance = excluded.balance, \
+             postings = excluded.postings",
+        )?
+        .execute(params![account, balance.to_string(), counts[account]])?;
+    }
+    Ok(LedgerOutcome::Posted {
+        postings,
+        fresh: true,
+    })
 }
 
 /// A `numbers` row in the order of `number_cols!`.

@@ -19,6 +19,7 @@ use dossier_store::{
     NumberRecord, NumberRequest, Store, StoreError, TaskFilter, TaskRecord, TaskUpdate,
     TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
+use dossier_store::{Decimal, LedgerOutcome, LedgerRequest, PostingRequest};
 use dossier_testkit::TempPg;
 use sqlx::Connection;
 
@@ -150,6 +151,10 @@ contract_tests!(
     concurrent_allocations_are_gapless,
     concurrent_requests_with_one_key_get_one_number,
     number_key_reused_elsewhere_is_refused,
+    ledger_postings_apply_all_or_none,
+    ledger_repeated_key_posts_once,
+    ledger_concurrent_debits_respect_the_bound,
+    ledger_accounts_by_prefix,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2482,4 +2487,234 @@ async fn postgres_exhausted_number_series_is_an_error() {
         );
     })
     .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger
+
+fn dec(s: &str) -> Decimal {
+    s.parse().expect("a decimal")
+}
+
+/// A posting with the default bounds of a `ledger` step (min 0, no max).
+fn posting(account: &str, amount: &str) -> PostingRequest {
+    PostingRequest {
+        account: account.to_string(),
+        amount: dec(amount),
+        min: Some(Decimal::ZERO),
+        max: None,
+    }
+}
+
+fn ledger_req(key: &str, postings: Vec<PostingRequest>) -> LedgerRequest {
+    LedgerRequest {
+        key: key.to_string(),
+        case_id: format!("case-{key}"),
+        at: 1_000,
+        postings,
+    }
+}
+
+/// The balances of the postings made, or the refusal.
+fn posted(o: LedgerOutcome) -> Vec<(String, i64, Decimal)> {
+    match o {
+        LedgerOutcome::Posted { postings, .. } => postings
+            .into_iter()
+            .map(|p| (p.account, p.seq, p.balance))
+            .collect(),
+        LedgerOutcome::Refused(r) => panic!("refused: {r:?}"),
+    }
+}
+
+async fn balance(s: &Arc<dyn Store>, account: &str) -> Option<Decimal> {
+    s.ledger_accounts(account)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.account == account)
+        .map(|a| a.balance)
+}
+
+async fn ledger_postings_apply_all_or_none(s: Arc<dyn Store>) {
+    let buy = s
+        .post_ledger(&ledger_req(
+            "c1:achat#1",
+            vec![posting("credits/A", "100.50")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(posted(buy), vec![("credits/A".into(), 1, dec("100.50"))]);
+    // A transfer of 40 from A to B: both postings, each with its balance after it.
+    let transfer = s
+        .post_ledger(&ledger_req(
+            "c2:transfert#1",
+            vec![posting("credits/A", "-40"), posting("credits/B", "40")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        posted(transfer),
+        vec![
+            ("credits/A".into(), 2, dec("60.50")),
+            ("credits/B".into(), 1, dec("40")),
+        ]
+    );
+    // A transfer of 70 breaks A's lower bound: B is not credited either.
+    let refused = s
+        .post_ledger(&ledger_req(
+            "c3:transfert#1",
+            vec![posting("credits/B", "70"), posting("credits/A", "-70")],
+        ))
+        .await
+        .unwrap();
+    match refused {
+        LedgerOutcome::Refused(r) => {
+            assert_eq!(r.index, 1);
+            assert_eq!(r.account, "credits/A");
+            assert_eq!(r.balance, dec("60.50"));
+            assert_eq!(r.amount, dec("-70"));
+            assert_eq!(r.bound, Decimal::ZERO);
+            assert!(r.lower);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(balance(&s, "credits/A").await, Some(dec("60.50")));
+    assert_eq!(balance(&s, "credits/B").await, Some(dec("40")));
+    assert_eq!(s.ledger_postings("credits/B").await.unwrap().len(), 1);
+    // An upper bound: a capacity of 2 places.
+    let place = |key: &str| {
+        ledger_req(
+            key,
+            vec![PostingRequest {
+                max: Some(dec("2")),
+                ..posting("places/atelier", "1")
+            }],
+        )
+    };
+    posted(s.post_ledger(&place("r1:place#1")).await.unwrap());
+    posted(s.post_ledger(&place("r2:place#1")).await.unwrap());
+    match s.post_ledger(&place("r3:place#1")).await.unwrap() {
+        LedgerOutcome::Refused(r) => assert!(!r.lower && r.bound == dec("2")),
+        other => panic!("a third place: {other:?}"),
+    }
+    // No lower bound: a running total may go below zero; a posting of 0 reads a balance.
+    let total = s
+        .post_ledger(&ledger_req(
+            "av1:tva#1",
+            vec![
+                PostingRequest {
+                    min: None,
+                    ..posting("tva/2026-11/TVA", "-18.00")
+                },
+                posting("credits/A", "0"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        posted(total),
+        vec![
+            ("tva/2026-11/TVA".into(), 1, dec("-18.00")),
+            ("credits/A".into(), 3, dec("60.50")),
+        ]
+    );
+}
+
+async fn ledger_repeated_key_posts_once(s: Arc<dyn Store>) {
+    let req = ledger_req(
+        "c1:debit#1",
+        vec![posting("credits/A", "10"), posting("stock/ecran", "3")],
+    );
+    let first = s.post_ledger(&req).await.unwrap();
+    let again = s.post_ledger(&req).await.unwrap();
+    match (&first, &again) {
+        (
+            LedgerOutcome::Posted {
+                postings: a,
+                fresh: true,
+            },
+            LedgerOutcome::Posted {
+                postings: b,
+                fresh: false,
+            },
+        ) => assert_eq!(a, b, "a repeat answers the postings made"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(balance(&s, "credits/A").await, Some(dec("10")));
+    assert_eq!(balance(&s, "stock/ecran").await, Some(dec("3")));
+    let journal = s.ledger_postings("credits/A").await.unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].key, "c1:debit#1");
+    assert_eq!(journal[0].case_id, "case-c1:debit#1");
+}
+
+async fn ledger_concurrent_debits_respect_the_bound(s: Arc<dyn Store>) {
+    const STOCK: i64 = 10;
+    const ASKS: i64 = 25;
+    posted(
+        s.post_ledger(&ledger_req(
+            "r:stock#1",
+            vec![posting("stock/piece", &STOCK.to_string())],
+        ))
+        .await
+        .unwrap(),
+    );
+    // 25 cases take one part each, at once, some also crediting a second account (the lock
+    // order must keep two-account requests from deadlocking).
+    let mut handles = Vec::new();
+    for i in 0..ASKS {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut postings = vec![posting("stock/piece", "-1")];
+            if i % 2 == 0 {
+                postings.insert(0, posting("sorties/atelier", "1"));
+            }
+            s.post_ledger(&ledger_req(&format!("c{i}:piece#1"), postings))
+                .await
+                .expect("post")
+        }));
+    }
+    let mut taken = 0;
+    for h in handles {
+        if let LedgerOutcome::Posted { .. } = h.await.expect("task") {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, STOCK, "exactly the stock is handed out");
+    assert_eq!(balance(&s, "stock/piece").await, Some(Decimal::ZERO));
+    let journal = s.ledger_postings("stock/piece").await.unwrap();
+    assert_eq!(journal.len() as i64, STOCK + 1);
+    // Each posting's balance follows from the one before: no lost update.
+    for w in journal.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+        assert_eq!(w[1].balance, w[0].balance + w[1].amount);
+    }
+}
+
+async fn ledger_accounts_by_prefix(s: Arc<dyn Store>) {
+    for (i, a) in [
+        "tva/2026-11/TVA",
+        "tva/2026-11/TVAB",
+        "tva/2026-12/TVA",
+        "tv",
+    ]
+    .iter()
+    .enumerate()
+    {
+        posted(
+            s.post_ledger(&ledger_req(&format!("k{i}"), vec![posting(a, "5")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let names: Vec<String> = s
+        .ledger_accounts("tva/2026-11/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.account)
+        .collect();
+    assert_eq!(names, vec!["tva/2026-11/TVA", "tva/2026-11/TVAB"]);
+    assert_eq!(s.ledger_accounts("").await.unwrap().len(), 4);
+    assert!(s.ledger_accounts("zz").await.unwrap().is_empty());
 }
