@@ -204,9 +204,11 @@ enum Pending {
     Child {
         thread: u32,
     },
-    /// An `on_event` entry of the workflow, by position.
+    /// An `on_event` entry of the workflow, by position, with the business keys it listens
+    /// for (computed when the case started).
     Interrupt {
         index: usize,
+        correlation: BTreeMap<String, Value>,
     },
 }
 
@@ -358,7 +360,17 @@ impl CaseState {
             compensations: Vec::new(),
             ending: None,
         };
-        state.vars.insert("input".into(), input.clone());
+        // An optional field left out reads as nothing (`()` in Rhai): `input.remise` is then
+        // safe to test without `"remise" in input`. The history keeps the input as it came.
+        let mut filled = input.clone();
+        if let Some(obj) = filled.as_object_mut() {
+            for (name, spec) in &prog.workflow.input {
+                if !spec.required && !obj.contains_key(name) {
+                    obj.insert(name.clone(), Value::Null);
+                }
+            }
+        }
+        state.vars.insert("input".into(), filled);
         let mut tx = Tx {
             prog,
             now,
@@ -399,19 +411,7 @@ impl CaseState {
                 })?;
                 correlation.insert(k.clone(), v);
             }
-            let wait = state.next_id("w");
-            tx.emit(Event::EventAwaited {
-                step: format!("on_event:{}", it.event),
-                wait: wait.clone(),
-                event: it.event.clone(),
-                correlation: correlation.clone(),
-            });
-            tx.act(Action::AwaitEvent {
-                wait: wait.clone(),
-                event: it.event.clone(),
-                correlation: correlation_text(&correlation),
-            });
-            state.pending.insert(wait, Pending::Interrupt { index });
+            state.arm_interrupt(&mut tx, index, correlation);
         }
         state.spawn(0, None, Role::Main);
         state.run(&mut tx);
@@ -518,11 +518,14 @@ impl CaseState {
             } => {
                 let (thread, timer) = match self.pending.get(wait).cloned() {
                     Some(Pending::Wait { thread, timer }) => (thread, timer),
-                    Some(Pending::Interrupt { index }) => {
+                    Some(Pending::Interrupt { index, correlation }) => {
                         let (wait, payload) = (wait.clone(), payload.clone());
                         self.pending.remove(&wait);
                         tx.emit(input);
                         tx.act(Action::StopAwaiting { wait });
+                        // The entry listens again (a second payment, a second dispute) until
+                        // the case ends.
+                        self.arm_interrupt(&mut tx, index, correlation);
                         self.interrupt(&mut tx, index, payload);
                         self.run(&mut tx);
                         return Ok(Transition {
@@ -1066,6 +1069,25 @@ impl CaseState {
 
     /// An interrupting event arrived: everything in progress stops (without compensation: the
     /// business goes on), and the case continues at the entry's step of the top list.
+    /// Listens for the workflow's `on_event` entry `index` with these business keys.
+    fn arm_interrupt(&mut self, tx: &mut Tx, index: usize, correlation: BTreeMap<String, Value>) {
+        let event = tx.prog.workflow.on_event[index].event.clone();
+        let wait = self.next_id("w");
+        tx.emit(Event::EventAwaited {
+            step: format!("on_event:{event}"),
+            wait: wait.clone(),
+            event: event.clone(),
+            correlation: correlation.clone(),
+        });
+        tx.act(Action::AwaitEvent {
+            wait: wait.clone(),
+            event,
+            correlation: correlation_text(&correlation),
+        });
+        self.pending
+            .insert(wait, Pending::Interrupt { index, correlation });
+    }
+
     fn interrupt(&mut self, tx: &mut Tx, index: usize, payload: Value) {
         let it = &tx.prog.workflow.on_event[index];
         let (event, goto, result) = (it.event.clone(), it.goto.clone(), it.result.clone());
@@ -1094,8 +1116,8 @@ impl CaseState {
         let pending = std::mem::take(&mut self.pending);
         for (id, p) in pending {
             match p {
-                Pending::Interrupt { index } if keep_interrupts => {
-                    self.pending.insert(id, Pending::Interrupt { index });
+                p @ Pending::Interrupt { .. } if keep_interrupts => {
+                    self.pending.insert(id, p);
                 }
                 Pending::Interrupt { .. } => tx.act(Action::StopAwaiting { wait: id }),
                 Pending::Timer { .. } => {

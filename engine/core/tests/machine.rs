@@ -3004,16 +3004,19 @@ fn an_interrupting_event_stops_the_task_and_goes_on_at_its_step() {
                   => set_timer c1:t4 task_reminder at=+P8D
             @+P8D
              10 event_received c1:w1 paiement_recu {"facture":"F-9","montant":120}
-             11 task_cancelled 23cdd082
-             12 timer_cancelled c1:t4
-             13 case_interrupted {"event":"paiement_recu","goto":"paiement_constate"}
-             14 step_started paiement_constate
-             15 variables_assigned paiement_constate {"statut":"payee"}
-             16 step_completed paiement_constate
-             17 case_completed {"statut":"payee"}
+             11 event_awaited on_event:paiement_recu c1:w5 paiement_recu {"facture":"F-9"}
+             12 task_cancelled 23cdd082
+             13 timer_cancelled c1:t4
+             14 case_interrupted {"event":"paiement_recu","goto":"paiement_constate"}
+             15 step_started paiement_constate
+             16 variables_assigned paiement_constate {"statut":"payee"}
+             17 step_completed paiement_constate
+             18 case_completed {"statut":"payee"}
                   => stop_awaiting c1:w1
+                  => await c1:w5 paiement_recu {"facture":"F-9"}
                   => update_task 23cdd082 cancelled
                   => cancel_timer c1:t4
+                  => stop_awaiting c1:w5
                   => finished completed {"statut":"payee"}
             == completed vars={"paiement":{"facture":"F-9","montant":120},"statut":"payee"} output={"statut":"payee"}
         "#]]);

@@ -1,0 +1,465 @@
+//! The coworking subscription pack (`examples/abonnement_coworking`) end to end under
+//! `dossier serve`: a member subscribes, the invoicing pack's `facture` workflow issues and
+//! emails the period's invoice (a real SMTP server, aiosmtpd), the payment event settles it, the
+//! member moves up a level mid-period (the prorated supplement is invoiced through the
+//! `facture_demandee` event, the change confirmed by email), a simulation prices a change without
+//! doing anything, the member terminates; every history replays.
+
+#[path = "../connectors/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailparse::MailHeaderMap;
+use serde_json::{json, Value};
+use support::servers::Smtp;
+
+/// The pack's files copied into `dir` with a `dossier.yaml` pointing at this test's servers.
+fn project(dir: &Path, smtp_port: u16, server_port: u16) -> PathBuf {
+    let root = dir.join("abonnement");
+    let repo = support::repo_root();
+    for sub in ["workflows", "rules", "templates"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for file in [
+        "workflows/abonnement_coworking.yaml",
+        "workflows/simulation_changement_formule.yaml",
+        "workflows/facture.yaml",
+        "workflows/suivi_facture.yaml",
+        "rules/abonnements.rhai",
+        "rules/penalites.rhai",
+        "rules/facturation.rhai",
+    ] {
+        std::fs::copy(repo.join(file), root.join(file)).unwrap();
+    }
+    for sub in ["abonnements", "factures"] {
+        support::copy_tree(
+            &repo.join("templates").join(sub),
+            &root.join("templates").join(sub),
+        );
+    }
+    let config = format!(
+        r#"server:
+  listen: 127.0.0.1:{server_port}
+connectors:
+  courriel:
+    type: email
+    host: 127.0.0.1
+    port: {smtp_port}
+    tls: none
+    from: "Espace Lumière <accueil@lumiere-coworking.fr>"
+  sms:
+    type: sms
+    provider: orange
+    api_url: http://127.0.0.1:9
+    token_url: http://127.0.0.1:9/oauth/v3/token
+    client_id_env: DOSSIER_ORANGE_CLIENT_ID
+    client_secret_env: DOSSIER_ORANGE_CLIENT_SECRET
+    sender_address: "tel:+2250000000000"
+    sender_name: Lumiere
+  imprimante:
+    type: printer
+    ipp_url: ipp://localhost:9/ipp/print
+"#
+    );
+    std::fs::write(root.join("dossier.yaml"), config).unwrap();
+    root
+}
+
+fn secrets(cmd: &mut Command) -> &mut Command {
+    cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
+        .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(project)
+        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("dsk_"))
+        .expect("a dsk_ key is printed")
+        .to_string()
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
+        let (s, started) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/instances",
+                key,
+                Some(json!({"workflow": workflow, "input": input})),
+            )
+            .await;
+        assert_eq!(s, 201, "{started}");
+        started["id"].as_str().unwrap().to_string()
+    }
+
+    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/events",
+                key,
+                Some(json!({"name": name, "payload": payload})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        v
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+            if c["status"] == want {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} is still {}: {c}",
+                c["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/instances/{case}/history"), key)
+            .await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until the case has started waiting `times` times for the event `name`.
+    async fn wait_awaiting(&self, case: &str, key: &str, name: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let history = self.history(case, key).await;
+            let n = of_kind(&history, "event_awaited")
+                .iter()
+                .filter(|e| e["payload"]["event"] == name)
+                .count();
+            if n >= times {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} never waited {times} time(s) for {name}: {history:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The events of one kind in a case history.
+fn of_kind<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    history.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// A JSON number's decimal text without trailing zeros (`182.50` -> `182.5`).
+fn dec(v: &Value) -> String {
+    let t = v.to_string();
+    if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        t
+    }
+}
+
+/// The SMTP server's messages, once there are `n` of them: (subject, plain text, attachments).
+fn mails(smtp: &Smtp, n: usize) -> Vec<(String, String, Vec<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let raw = smtp.messages();
+        if raw.len() >= n {
+            assert_eq!(raw.len(), n, "more messages than expected");
+            return raw
+                .iter()
+                .map(|m| {
+                    let mail = mailparse::parse_mail(m).unwrap();
+                    let subject = mail.headers.get_first_value("Subject").unwrap_or_default();
+                    let mut text = String::new();
+                    let mut files = Vec::new();
+                    let mut stack = vec![&mail];
+                    while let Some(p) = stack.pop() {
+                        if p.subparts.is_empty() {
+                            let disposition = p.get_content_disposition();
+                            if let Some(name) = disposition.params.get("filename") {
+                                files.push(name.clone());
+                            } else if p.ctype.mimetype == "text/plain" {
+                                text = p.get_body().unwrap();
+                            }
+                        }
+                        stack.extend(p.subparts.iter());
+                    }
+                    (subject, text, files)
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} message(s), {n} expected",
+            raw.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
+    let smtp = Smtp::start(&[]);
+    let server_port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(dir.path(), smtp.port, server_port);
+    let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
+
+    let out = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root)
+            .arg("validate"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let system = key(&root, &db, "system", "intranet-coworking");
+    let admin = key(&root, &db, "admin", "direction");
+    let mut child = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root),
+    )
+    .args(["serve", "--db", &db])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Server(child);
+    assert_eq!(
+        line.trim(),
+        format!("dossier: serving on http://127.0.0.1:{server_port}")
+    );
+    let api = Api {
+        base: format!("http://127.0.0.1:{server_port}"),
+        client: reqwest::Client::new(),
+    };
+    let now = chrono::Utc::now();
+    let year = now.format("%Y").to_string();
+    let today = now.format("%Y-%m-%d").to_string();
+
+    // ---- Subscription: Hot Desk by the month from today, 290 € HT (occupancy 50 %) ----
+    let abonnement = api
+        .start(
+            &system,
+            "abonnement_coworking",
+            json!({
+                "abonnement": "ABO-E2E-0001",
+                "membre": "Awa Koné",
+                "email": "awa.kone@exemple.fr",
+                "telephone": "+33600000001",
+                "espace": "lyon_republique",
+                "niveau": "hot_desk",
+                "formule": "mois",
+                "postes": 1,
+                "debut": today,
+                "taux_occupation": 0.50,
+            }),
+        )
+        .await;
+    // The invoicing pack issues the first invoice of the year and emails it with its PDF.
+    let first = format!("FAC-{year}-0001");
+    let sent = mails(&smtp, 1);
+    assert!(sent[0].0.contains(&first), "{:?}", sent[0]);
+    assert!(sent[0].0.contains("348,00 €"), "{:?}", sent[0]);
+    assert_eq!(sent[0].2, [format!("{first}.pdf")]);
+    api.wait_status(&abonnement, &admin, "waiting").await;
+
+    // ---- Payment: the invoice's follow-up settles it, the subscription goes on ----
+    let paid = api
+        .event(
+            &system,
+            "paiement_recu",
+            json!({"facture": first, "montant": 348.00, "mode": "virement"}),
+        )
+        .await;
+    assert!(!paid["reached"].as_array().unwrap().is_empty(), "{paid}");
+    api.wait_awaiting(&abonnement, &admin, "changement_formule", 1)
+        .await;
+
+    // ---- Upgrade to a dedicated desk today (occupancy 80 %: 450 € + 5 % = 472.50 € HT) ----
+    // Changed on the period's first day: the whole period is exchanged, whatever its length:
+    // credit 290.00, new level 472.50, supplement 182.50 € HT (219.00 € TTC).
+    let changed = api
+        .event(
+            &system,
+            "changement_formule",
+            json!({"abonnement": "ABO-E2E-0001", "niveau": "bureau_dedie", "taux_occupation": 0.80}),
+        )
+        .await;
+    assert_eq!(changed["reached"], json!([abonnement]), "{changed}");
+    api.wait_awaiting(&abonnement, &admin, "changement_formule", 2)
+        .await;
+    let sent = mails(&smtp, 3);
+    let second = format!("FAC-{year}-0002");
+    let supplement = sent
+        .iter()
+        .find(|m| m.0.contains(&second))
+        .unwrap_or_else(|| panic!("the supplement's invoice: {sent:?}"));
+    assert!(supplement.0.contains("219,00 €"), "{supplement:?}");
+    let confirmation = sent
+        .iter()
+        .find(|m| m.0.contains("passe en Bureau dédié"))
+        .unwrap_or_else(|| panic!("the change's confirmation: {sent:?}"));
+    assert!(
+        confirmation.1.contains("supplément à régler : 182,50 € HT"),
+        "{confirmation:?}"
+    );
+    // The supplement's invoice is a case of its own, started by the `facture_demandee` event.
+    let factures = api.get("/api/v1/instances?workflow=facture", &admin).await;
+    assert_eq!(factures["items"].as_array().unwrap().len(), 2, "{factures}");
+
+    // ---- A simulation prices a change and does nothing ----
+    let simulation = api
+        .start(
+            &system,
+            "simulation_changement_formule",
+            json!({
+                "abonnement": "ABO-E2E-0001",
+                "devise": "EUR",
+                "niveau": "hot_desk",
+                "formule": "mois",
+                "postes": 1,
+                "prix_ht": 260.00,
+                "debut_periode": "2026-11-23",
+                "nouveau_niveau": "bureau_dedie",
+                "taux_occupation": 0.80,
+                "date_changement": "2026-12-03",
+            }),
+        )
+        .await;
+    // `data` holds the case's variables: the pricing is in `changement`.
+    let simulated = api.wait_status(&simulation, &admin, "completed").await;
+    let priced = &simulated["data"];
+    assert_eq!(priced["resultat"], "chiffre", "{simulated}");
+    let prorata = &priced["changement"]["prorata"];
+    assert_eq!(dec(&prorata["solde"]), "141.67", "{simulated}");
+    assert_eq!(prorata["jours_restants"], 20, "{simulated}");
+    assert_eq!(prorata["jours_periode"], 30, "{simulated}");
+    assert!(
+        priced["resume"]
+            .as_str()
+            .unwrap()
+            .ends_with("Vous paieriez un supplément de 141,67 € HT (TVA en sus)."),
+        "{simulated}"
+    );
+    assert!(
+        of_kind(&api.history(&simulation, &admin).await, "effect_requested").is_empty(),
+        "a simulation has no effect"
+    );
+    assert_eq!(smtp.messages().len(), 3, "nothing sent by the simulation");
+
+    // ---- Termination at the member's request: access until the end of the paid period ----
+    api.event(
+        &system,
+        "resiliation_demandee",
+        json!({"abonnement": "ABO-E2E-0001"}),
+    )
+    .await;
+    // `data` holds the case's variables, the output's among them.
+    let ended = api.wait_status(&abonnement, &admin, "completed").await;
+    let data = &ended["data"];
+    assert_eq!(data["statut"], "resilie", "{ended}");
+    assert_eq!(data["motif_fin"], "demande_membre");
+    assert_eq!(data["niveau"], "bureau_dedie");
+    assert_eq!(data["factures"], json!([first]));
+    assert_eq!(data["date_fin_acces"], data["periode"]["dernier_jour"]);
+    assert_eq!(data["historique"][0]["vers"], "bureau_dedie");
+    assert_eq!(dec(&data["historique"][0]["solde"]), "182.5");
+    let sent = mails(&smtp, 4);
+    assert!(
+        sent.iter()
+            .any(|m| m.0.contains("résiliation de votre abonnement ABO-E2E-0001")),
+        "{sent:?}"
+    );
+
+    // Every case of the pack replays as it was recorded.
+    for c in [&abonnement, &simulation] {
+        let (s, report) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/instances/{c}/replay"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{report}");
+        assert_eq!(report["chain"]["intact"], true, "{report}");
+        assert_eq!(report["replay"]["identical"], true, "{report}");
+    }
+}

@@ -1,0 +1,635 @@
+//! The ISMAIL packs end to end under `dossier serve`: the tax filing pack (FNE certification of an
+//! invoice, of an invoice first refused for its missing NCC, of a credit note; the monthly VAT
+//! return filed and acknowledged) and the wallet pack (a purchase with bonuses, a consumption
+//! with cashback and commissions, a transfer, the monthly commission payout with its PDF
+//! statement). The project is the pack's own files (`rules/ismail.rhai`, `templates/ismail/`,
+//! its workflows) with a `dossier.yaml` pointed at servers on loopback: the real IPP printer
+//! simulator and SMTP server, a TCP sink for the ESC/POS printer, and stubs for the FNE, Orange
+//! and the filing gateway. Checks what each server received, the ledger through the outputs,
+//! and that every history replays.
+
+#[path = "../connectors/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::servers::{Printer, Smtp, TicketSink};
+use support::{reply, Hit, Stub};
+
+const RECEIPT_TOKEN: &str = "jeton-accuses-0123456789";
+
+const WORKFLOWS: &[&str] = &[
+    "certification_facture_fne",
+    "declaration_tva_mensuelle",
+    "achat_credits",
+    "consommation_credits",
+    "transfert_credits",
+    "expiration_credits",
+    "commissions_mensuelles",
+];
+
+async fn stub(answer: fn(&Hit, usize) -> (u16, String)) -> Stub {
+    Stub::start(move |hit, before| {
+        let (status, body) = answer(hit, before.len());
+        reply(status, body)
+    })
+    .await
+}
+
+/// Orange: the token endpoint, then the send endpoint.
+fn orange(hit: &Hit, n: usize) -> (u16, String) {
+    if hit.path == "/oauth/v3/token" {
+        return (
+            200,
+            json!({"access_token": "jeton-orange", "token_type": "Bearer", "expires_in": "3600"})
+                .to_string(),
+        );
+    }
+    let mut req = hit.json();
+    req["outboundSMSMessageRequest"]["resourceURL"] =
+        json!(format!("http://orange.stub{}/req-{n}", hit.path));
+    (201, req.to_string())
+}
+
+/// The FNE: certifies every invoice (`inv-<n>`, items `item-<n>-<i>`) and every credit note,
+/// all dated 21 November 2026 (the VAT period 2026-11).
+fn fne(hit: &Hit, n: usize) -> (u16, String) {
+    if hit.path == "/ws/external/invoices/sign" {
+        let body = hit.json();
+        let items: Vec<Value> = body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, it)| json!({"id": format!("item-{n}-{i}"), "reference": it["reference"], "description": it["description"], "quantity": it["quantity"]}))
+            .collect();
+        let answer = json!({
+            "ncc": "2400123A",
+            "reference": format!("2400123A26{n:09}"),
+            "token": format!("http://fne.stub/fr/verification/{n}"),
+            "warning": false,
+            "balance_sticker": 99,
+            "invoice": {"id": format!("inv-{n}"), "date": "2026-11-21T10:00:00.000Z", "status": "paid", "items": items}
+        });
+        return (200, answer.to_string());
+    }
+    if hit.path.starts_with("/ws/external/invoices/") && hit.path.ends_with("/refund") {
+        let answer = json!({
+            "reference": format!("A2400123A26{n:09}"),
+            "token": format!("http://fne.stub/fr/verification/a{n}"),
+            "warning": false,
+            "balance_sticker": 98,
+            "invoice": {"id": format!("av-{n}"), "date": "2026-11-21T11:00:00.000Z"}
+        });
+        return (200, answer.to_string());
+    }
+    (404, r#"{"message":"Not found"}"#.into())
+}
+
+/// The filing gateway: takes the return.
+fn teledeclaration(_: &Hit, n: usize) -> (u16, String) {
+    (201, json!({"depot": format!("DEP-TVA-{n}")}).to_string())
+}
+
+/// The pack's files copied into `dir`, with a `dossier.yaml` pointed at this test's servers.
+fn project(dir: &Path, yaml: &str) -> PathBuf {
+    let root = dir.join("ismail");
+    let repo = support::repo_root();
+    std::fs::create_dir_all(root.join("workflows")).unwrap();
+    std::fs::create_dir_all(root.join("rules")).unwrap();
+    for w in WORKFLOWS {
+        let name = format!("{w}.yaml");
+        std::fs::copy(
+            repo.join("workflows").join(&name),
+            root.join("workflows").join(&name),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        repo.join("rules/ismail.rhai"),
+        root.join("rules/ismail.rhai"),
+    )
+    .unwrap();
+    support::copy_tree(
+        &repo.join("templates/ismail"),
+        &root.join("templates/ismail"),
+    );
+    std::fs::write(root.join("dossier.yaml"), yaml).unwrap();
+    root
+}
+
+fn secrets(cmd: &mut Command) -> &mut Command {
+    cmd.env("DOSSIER_FNE_API_KEY", "cle-fne")
+        .env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
+        .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
+        .env("DOSSIER_SMS_RECEIPT_TOKEN", RECEIPT_TOKEN)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(project)
+        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("dsk_"))
+        .expect("a dsk_ key is printed")
+        .to_string()
+}
+
+/// An input file of `examples/ismail`.
+fn example(name: &str) -> Value {
+    let path = support::repo_root().join("examples/ismail").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Sends an event; the answer `{event, reached, started}`.
+    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/events",
+                key,
+                Some(json!({"name": name, "payload": payload})),
+            )
+            .await;
+        assert!(s == 200 || s == 202, "event {name}: {s} {v}");
+        v
+    }
+
+    /// Sends an event that starts one case; its id.
+    async fn start_by_event(&self, key: &str, name: &str, payload: Value) -> String {
+        let v = self.event(key, name, payload).await;
+        let started = v["started"].as_array().cloned().unwrap_or_default();
+        assert_eq!(started.len(), 1, "{name} starts one case: {v}");
+        started[0].as_str().unwrap().to_string()
+    }
+
+    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
+        let (s, started) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/instances",
+                key,
+                Some(json!({"workflow": workflow, "input": input})),
+            )
+            .await;
+        assert_eq!(s, 201, "{started}");
+        started["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits for the case to complete; its output (from the `case_completed` event of its history).
+    async fn wait_output(&self, case: &str, key: &str) -> Value {
+        self.wait_status(case, key, "completed").await;
+        let history = self
+            .get(&format!("/api/v1/instances/{case}/history"), key)
+            .await;
+        let events = history["events"].as_array().cloned().unwrap_or_default();
+        let done = events
+            .iter()
+            .find(|e| e["kind"] == "case_completed")
+            .unwrap_or_else(|| panic!("no case_completed in {history}"));
+        done["payload"]["output"].clone()
+    }
+
+    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+            if c["status"] == want {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} is still {}: {c}",
+                c["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A number of the API's JSON (decimals travel as JSON numbers or as text).
+fn num(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ismail_packs_run_under_serve_and_replay() {
+    let smtp = Smtp::start(&[]);
+    let printer = Printer::start("application/pdf");
+    let till = TicketSink::start();
+    let orange_stub = stub(orange).await;
+    let fne_stub = stub(fne).await;
+    let depot_stub = stub(teledeclaration).await;
+    let server_port = support::free_port();
+    let printer_port = printer
+        .uri
+        .trim_start_matches("ipp://localhost:")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let yaml = format!(
+        r#"server:
+  listen: 127.0.0.1:{server_port}
+connectors:
+  courriel:
+    type: email
+    host: 127.0.0.1
+    port: {smtp_port}
+    tls: none
+    from: "ISMAIL <commissions@ismail.exemple.ci>"
+  sms:
+    type: sms
+    provider: orange
+    api_url: http://{orange}
+    token_url: http://{orange}/oauth/v3/token
+    client_id_env: DOSSIER_ORANGE_CLIENT_ID
+    client_secret_env: DOSSIER_ORANGE_CLIENT_SECRET
+    sender_address: "tel:+2250000000000"
+    sender_name: ISMAIL
+    receipts_url: http://127.0.0.1:{server_port}/receipts/sms
+    receipt_token_env: DOSSIER_SMS_RECEIPT_TOKEN
+  imprimante:
+    type: printer
+    ipp_url: ipp://localhost:{printer_port}/ipp/print
+  caisse:
+    type: printer
+    escpos: {{ host: 127.0.0.1, port: {till_port}, width: 48 }}
+  fne:
+    type: fiscal
+    api_url: http://{fne}/ws
+    api_key_env: DOSSIER_FNE_API_KEY
+    point_of_sale: CAISSE_1
+    establishment: SIEGE
+    timeout_seconds: 20
+  teledeclaration:
+    type: http
+    base_url: http://{depot}/api/
+"#,
+        smtp_port = smtp.port,
+        orange = orange_stub.addr,
+        till_port = till.port,
+        fne = fne_stub.addr,
+        depot = depot_stub.addr,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(dir.path(), &yaml);
+    let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
+
+    let out = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root)
+            .arg("validate"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let system = key(&root, &db, "system", "plateforme");
+    let admin = key(&root, &db, "admin", "direction");
+    let compta = key(&root, &db, "operator,comptabilite", "comptable");
+    let mut child = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root),
+    )
+    .args(["serve", "--db", &db])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Server(child);
+    assert_eq!(
+        line.trim(),
+        format!("dossier: serving on http://127.0.0.1:{server_port}")
+    );
+    let api = Api {
+        base: format!("http://127.0.0.1:{server_port}"),
+        client: reqwest::Client::new(),
+    };
+    let mut cases = Vec::new();
+
+    // ---- A B2B invoice: certified, VAT accumulated, ticket with the DGI's QR code ----
+    let facture = api
+        .start_by_event(&system, "facture_a_certifier", example("facture_b2b.json"))
+        .await;
+    let out = api.wait_output(&facture, &admin).await;
+    assert_eq!(out["statut"], "certifiee", "{out}");
+    assert_eq!(out["reference"], "2400123A26000000000", "{out}");
+    assert_eq!(out["periode_tva"], "2026-11", "{out}");
+    assert_eq!(num(&out["totaux"]["total_tva"]), 22950.0, "{out}");
+    let hits = fne_stub.hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].header("authorization"), "Bearer cle-fne");
+    let signed = hits[0].json();
+    assert_eq!(signed["template"], "B2B");
+    assert_eq!(signed["clientNcc"], "9606123E", "{signed}");
+    assert_eq!(signed["items"].as_array().unwrap().len(), 3, "{signed}");
+    let tickets = till.received(1);
+    assert_eq!(tickets.len(), 1);
+    let t = &tickets[0];
+    assert!(t.starts_with(&[0x1b, 0x40]), "ESC @ first");
+    assert!(contains(t, &[0x1d, 0x28, 0x6b]), "a GS ( k QR code");
+    assert!(
+        contains(t, b"http://fne.stub/fr/verification/0"),
+        "the verification URL in the QR code"
+    );
+    assert!(contains(t, b"FAC-2026-0042"));
+    cases.push(facture.clone());
+
+    // ---- A B2B invoice without the client's NCC: nothing sent to the FNE, a task ----
+    let sans_ncc = api
+        .start_by_event(
+            &system,
+            "facture_a_certifier",
+            example("facture_b2b_sans_ncc.json"),
+        )
+        .await;
+    api.wait_status(&sans_ncc, &admin, "waiting").await;
+    assert_eq!(fne_stub.hits().len(), 1, "refused before any call");
+    let tasks = api.get("/api/v1/tasks?role=comptabilite", &compta).await;
+    let task = tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["instance_id"] == sans_ncc.as_str())
+        .cloned()
+        .expect("a task for the accountants");
+    assert_eq!(
+        task["title"],
+        "Facture FAC-2026-0043 (Société Ivoirienne de Négoce) non certifiable : facture B2B sans numéro de compte contribuable (NCC) du client"
+    );
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+            &compta,
+            Some(json!({"outcome": "corriger", "data": {"ncc": "1234567A"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let done = api.wait_output(&sans_ncc, &admin).await;
+    assert_eq!(done["statut"], "certifiee", "{done}");
+    let hits = fne_stub.hits();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[1].json()["clientNcc"], "1234567A");
+    cases.push(sans_ncc);
+
+    // ---- A credit note on the first invoice: a refund citing its FNE ids ----
+    let mut avoir = example("avoir.json");
+    avoir["origine"]["invoice_id"] = out["invoice_id"].clone();
+    avoir["lignes"][0]["item_id"] = out["items"][1]["id"].clone();
+    let credit_note = api
+        .start_by_event(&system, "facture_a_certifier", avoir)
+        .await;
+    let done = api.wait_output(&credit_note, &admin).await;
+    assert_eq!(done["statut"], "certifiee", "{done}");
+    assert_eq!(done["reference"], "A2400123A26000000002");
+    let hits = fne_stub.hits();
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[2].path, "/ws/external/invoices/inv-0/refund");
+    assert_eq!(
+        hits[2].json()["items"],
+        json!([{"id": "item-0-1", "quantity": 1}])
+    );
+    cases.push(credit_note);
+
+    // ---- The VAT return of November: totals of the three, printed, filed, acknowledged ----
+    let declaration = api
+        .start(
+            &system,
+            "declaration_tva_mensuelle",
+            example("declaration_novembre.json"),
+        )
+        .await;
+    api.wait_status(&declaration, &admin, "waiting").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while depot_stub.hits().is_empty() {
+        assert!(Instant::now() < deadline, "the return is filed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = depot_stub.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].path, "/api/declarations/tva");
+    let filed = hits[0].json();
+    // 120 000 + 10 000 - 50 000 at 18 %, 15 000 at 9 %.
+    assert_eq!(filed["periode"], "2026-11", "{filed}");
+    assert_eq!(num(&filed["declaration"]["total_base"]), 95000.0, "{filed}");
+    assert_eq!(num(&filed["declaration"]["total_tva"]), 15750.0, "{filed}");
+    assert_eq!(num(&filed["declaration"]["tva_due"]), 15750.0, "{filed}");
+    let files = printer.spooled(1);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let pdf = std::fs::read(&files[0]).unwrap();
+    let text = pdf_extract::extract_text_from_mem(&pdf).unwrap();
+    assert!(text.contains("Déclaration de TVA"), "{text}");
+    assert!(text.contains("15 750 FCFA"), "{text}");
+    let v = api
+        .event(
+            &system,
+            "accuse_declaration_tva",
+            json!({"periode": "2026-11", "reference": "AR-DGI-2026-778812"}),
+        )
+        .await;
+    assert_eq!(v["reached"], json!([declaration.clone()]), "{v}");
+    let done = api.wait_output(&declaration, &admin).await;
+    assert_eq!(done["statut"], "accusee", "{done}");
+    assert_eq!(done["accuse"]["reference"], "AR-DGI-2026-778812");
+    cases.push(declaration);
+
+    // ---- Wallet: a purchase (bonuses, sponsor), its expiry case, a consumption, a transfer ----
+    let achat = api
+        .start_by_event(&system, "paiement_credits_recu", example("achat.json"))
+        .await;
+    let done = api.wait_output(&achat, &admin).await;
+    assert_eq!(done["statut"], "credite", "{done}");
+    assert_eq!(num(&done["solde"]), 1070.0, "{done}");
+    let expirations = api
+        .get("/api/v1/instances?workflow=expiration_credits", &admin)
+        .await;
+    let items = expirations["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "the lot's expiry case: {expirations}");
+    assert_eq!(items[0]["status"], "waiting");
+    cases.push(achat);
+
+    let conso = api
+        .start_by_event(
+            &system,
+            "consommation_credits",
+            example("consommation.json"),
+        )
+        .await;
+    let out = api.wait_output(&conso, &admin).await;
+    assert_eq!(out["statut"], "consommee", "{out}");
+    // 1 070 - 25 + 0,75 of cashback; senior 6 % and team lead 2 % of 25 credits.
+    assert_eq!(num(&out["solde"]), 1045.75, "{out}");
+    assert_eq!(out["commissions"][0]["agent"], "COM-AKA", "{out}");
+    assert_eq!(num(&out["commissions"][0]["credits"]), 1.5, "{out}");
+    assert_eq!(out["commissions"][1]["agent"], "COM-KON", "{out}");
+    assert_eq!(num(&out["commissions"][1]["credits"]), 0.5, "{out}");
+    cases.push(conso);
+
+    let transfert = api
+        .start_by_event(
+            &system,
+            "transfert_credits_demande",
+            example("transfert.json"),
+        )
+        .await;
+    let done = api.wait_output(&transfert, &admin).await;
+    assert_eq!(done["statut"], "transfere", "{done}");
+    assert_eq!(num(&done["solde_emetteur"]), 945.75, "{done}");
+    // The sponsor had 20 credits of bonus, and now the 100 transferred.
+    assert_eq!(num(&done["solde_beneficiaire"]), 120.0, "{done}");
+    cases.push(transfert);
+    let sms: Vec<Hit> = orange_stub
+        .hits()
+        .into_iter()
+        .filter(|h| h.path != "/oauth/v3/token")
+        .collect();
+    assert_eq!(sms.len(), 3, "purchase, transfer received, transfer sent");
+
+    // ---- The month's commissions paid into the sales staff's wallets, PDF statements ----
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let payout = api
+        .start(
+            &system,
+            "commissions_mensuelles",
+            json!({ "periode": month }),
+        )
+        .await;
+    let done = api.wait_output(&payout, &admin).await;
+    let versements = done["versements"].as_array().cloned().unwrap_or_default();
+    let paid: Vec<(String, f64, f64)> = versements
+        .iter()
+        .map(|v| {
+            (
+                v["agent"].as_str().unwrap_or_default().to_string(),
+                num(&v["credits"]),
+                num(&v["solde"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paid,
+        [
+            ("COM-AKA".to_string(), 1.5, 1.5),
+            ("COM-KON".to_string(), 0.5, 0.5)
+        ],
+        "{done}"
+    );
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 2);
+    let mail = mailparse::parse_mail(&mails[0]).unwrap();
+    use mailparse::MailHeaderMap;
+    assert!(mail
+        .headers
+        .get_first_value("To")
+        .unwrap()
+        .contains("aya.koffi@ismail.exemple.ci"));
+    let mut parts = Vec::new();
+    fn walk<'a>(p: &'a mailparse::ParsedMail<'a>, out: &mut Vec<&'a mailparse::ParsedMail<'a>>) {
+        if p.subparts.is_empty() {
+            out.push(p);
+        }
+        for s in &p.subparts {
+            walk(s, out);
+        }
+    }
+    walk(&mail, &mut parts);
+    let pdf_part = parts
+        .iter()
+        .find(|p| p.ctype.mimetype == "application/pdf")
+        .expect("the statement as a PDF");
+    let statement = pdf_extract::extract_text_from_mem(&pdf_part.get_body_raw().unwrap()).unwrap();
+    assert!(statement.contains("Relevé de commissions"), "{statement}");
+    assert!(statement.contains("1,50 crédit"), "{statement}");
+    cases.push(payout);
+
+    // Every history replays as it was recorded.
+    for c in &cases {
+        let (s, report) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/instances/{c}/replay"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{report}");
+        assert_eq!(report["chain"]["intact"], true, "{report}");
+        assert_eq!(report["replay"]["identical"], true, "{report}");
+    }
+}
