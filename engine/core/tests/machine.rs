@@ -2976,6 +2976,97 @@ output:
   statut: statut
 "#;
 
+const PARTIAL_PAYMENTS: &str = r#"
+id: paiements_partiels
+version: 1
+title: Paiements partiels
+input:
+  facture: { type: text }
+  montant: { type: decimal }
+  remise: { type: decimal, required: false }
+on_event:
+  - event: paiement_recu
+    correlate: { facture: input.facture }
+    result: paiement
+    goto: imputation
+steps:
+  - id: depart
+    assign: { solde: "input.montant - (input.remise ?? 0)" }
+  - id: attente
+    wait: { duration: P30D }
+    next: end
+  - id: imputation
+    assign: { solde: "solde - paiement.montant" }
+  - id: solde
+    branch:
+      - when: "solde > 0"
+        goto: attente
+    otherwise: end
+output:
+  solde: solde
+"#;
+
+/// An `on_event` entry listens again after it fires: a second payment reaches the case that a
+/// first, partial one sent back to waiting. An optional input left out reads as `()`.
+#[test]
+fn an_interrupting_event_is_heard_again_after_it_fired() {
+    wf(PARTIAL_PAYMENTS)
+        .run(
+            json!({"facture": "F-9", "montant": 100}),
+            &[
+                (DAY, In::Event("paiement_recu", json!({"facture": "F-9", "montant": 30}))),
+                (2 * DAY, In::Event("paiement_recu", json!({"facture": "F-9", "montant": 70}))),
+            ],
+        )
+        .check(expect![[r#"
+            @+PT0S start
+              1 case_started paiements_partiels v1 sha(workflow) pins=[] input={"facture":"F-9","montant":100}
+              2 event_awaited on_event:paiement_recu c1:w1 paiement_recu {"facture":"F-9"}
+              3 step_started depart
+              4 variables_assigned depart {"solde":100}
+              5 step_completed depart
+              6 step_started attente
+              7 timer_set c1:t2 attente wait at=+P30D
+                  => await c1:w1 paiement_recu {"facture":"F-9"}
+                  => set_timer c1:t2 wait at=+P30D
+            @+P1D
+              8 event_received c1:w1 paiement_recu {"facture":"F-9","montant":30}
+              9 event_awaited on_event:paiement_recu c1:w3 paiement_recu {"facture":"F-9"}
+             10 timer_cancelled c1:t2
+             11 case_interrupted {"event":"paiement_recu","goto":"imputation"}
+             12 step_started imputation
+             13 variables_assigned imputation {"solde":70}
+             14 step_completed imputation
+             15 step_started solde
+             16 branch_taken solde arm=0 -> attente
+             17 step_completed solde
+             18 step_started attente
+             19 timer_set c1:t4 attente wait at=+P31D
+                  => stop_awaiting c1:w1
+                  => await c1:w3 paiement_recu {"facture":"F-9"}
+                  => cancel_timer c1:t2
+                  => set_timer c1:t4 wait at=+P31D
+            @+P2D
+             20 event_received c1:w3 paiement_recu {"facture":"F-9","montant":70}
+             21 event_awaited on_event:paiement_recu c1:w5 paiement_recu {"facture":"F-9"}
+             22 timer_cancelled c1:t4
+             23 case_interrupted {"event":"paiement_recu","goto":"imputation"}
+             24 step_started imputation
+             25 variables_assigned imputation {"solde":0}
+             26 step_completed imputation
+             27 step_started solde
+             28 branch_taken solde arm=none -> end
+             29 step_completed solde
+             30 case_completed {"solde":0}
+                  => stop_awaiting c1:w3
+                  => await c1:w5 paiement_recu {"facture":"F-9"}
+                  => cancel_timer c1:t4
+                  => stop_awaiting c1:w5
+                  => finished completed {"solde":0}
+            == completed vars={"paiement":{"facture":"F-9","montant":70},"solde":0} output={"solde":0}
+        "#]]);
+}
+
 #[test]
 fn an_interrupting_event_stops_the_task_and_goes_on_at_its_step() {
     wf(INTERRUPTIBLE)

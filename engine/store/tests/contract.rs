@@ -155,6 +155,7 @@ contract_tests!(
     ledger_repeated_key_posts_once,
     ledger_concurrent_debits_respect_the_bound,
     ledger_accounts_by_prefix,
+    ledger_concurrent_copies_of_one_request_post_once,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2717,4 +2718,36 @@ async fn ledger_accounts_by_prefix(s: Arc<dyn Store>) {
     assert_eq!(names, vec!["tva/2026-11/TVA", "tva/2026-11/TVAB"]);
     assert_eq!(s.ledger_accounts("").await.unwrap().len(), 4);
     assert!(s.ledger_accounts("zz").await.unwrap().is_empty());
+}
+
+/// A restart on one node while another hands the same effect out: copies of one request race,
+/// exactly one applies it, the others answer with its postings.
+async fn ledger_concurrent_copies_of_one_request_post_once(s: Arc<dyn Store>) {
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.post_ledger(&ledger_req(
+                "c1:transfert#1",
+                vec![posting("credits/B", "5"), posting("recus/B", "5")],
+            ))
+            .await
+            .expect("post")
+        }));
+    }
+    let mut fresh = 0;
+    let mut answers = Vec::new();
+    for h in handles {
+        match h.await.expect("task") {
+            LedgerOutcome::Posted { postings, fresh: f } => {
+                fresh += usize::from(f);
+                answers.push(postings);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1, "one copy applies the request");
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(balance(&s, "credits/B").await, Some(dec("5")));
+    assert_eq!(balance(&s, "recus/B").await, Some(dec("5")));
 }
