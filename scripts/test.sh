@@ -35,7 +35,7 @@ cargo test --workspace --locked -- --test-threads 2
 
 say "the bundled workflows: dossier validate (with placeholder secrets) and dossier test"
 DOSSIER_FNE_API_KEY=x DOSSIER_ORANGE_CLIENT_ID=x DOSSIER_ORANGE_CLIENT_SECRET=x \
-  DOSSIER_SMS_RECEIPT_TOKEN=x ./target/debug/dossier validate
+  DOSSIER_SMS_RECEIPT_TOKEN=x DOSSIER_AGENDA_PASSWORD=x ./target/debug/dossier validate
 ./target/debug/dossier test
 
 say "the connectors example: dossier validate (with placeholder secrets) and dossier test"
