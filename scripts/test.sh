@@ -34,6 +34,9 @@ say "Rust tests (units, storage on SQLite and PostgreSQL, engine, kill -9)"
 cargo test --workspace --locked -- --test-threads 2
 
 say "the bundled workflows: dossier validate (with placeholder secrets) and dossier test"
+# A throwaway Ed25519 key (PKCS#8 DER: the fixed prefix, then a random 32-byte seed).
+DOSSIER_CARTE_CLE_PRIVEE=$( (printf '\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20'; head -c 32 /dev/urandom) | base64 -w0)
+export DOSSIER_CARTE_CLE_PRIVEE
 DOSSIER_FNE_API_KEY=x DOSSIER_ORANGE_CLIENT_ID=x DOSSIER_ORANGE_CLIENT_SECRET=x \
   DOSSIER_SMS_RECEIPT_TOKEN=x DOSSIER_AGENDA_PASSWORD=x ./target/debug/dossier validate
 ./target/debug/dossier test

@@ -40,6 +40,7 @@ fn builders() -> Vec<(&'static str, Builder)> {
         ("printer", crate::printer::build),
         ("fiscal", crate::fiscal::build),
         ("http", crate::http::build),
+        ("signer", crate::signer::build),
     ]
 }
 
@@ -53,6 +54,7 @@ pub fn type_operations(kind: &str) -> Option<&'static [&'static str]> {
         "printer" => &["pdf", "print", "ticket"],
         "fiscal" => &["certify", "refund", "status"],
         "http" => &["request", "webhook"],
+        "signer" => &["sign"],
         _ => return None,
     })
 }
@@ -259,12 +261,17 @@ mod tests {
   p: { type: printer, ipp_url: \"ipp://imprimante:631/ipp/print\", escpos: { host: caisse }, documents_dir: documents }
   f: { type: fiscal, api_url: \"https://fne.exemple.ci/ws\", api_key_env: T, point_of_sale: P, establishment: E }
   h: { type: http, base_url: \"https://crm.exemple.ci/api/\" }
+  g: { type: signer, private_key_env: K, key_id: k1 }
 ";
-        let built = load_text(text, &|_| Some("secret".into()))
-            .unwrap()
-            .catalog();
+        use base64::Engine as _;
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+        let env = move |v: &str| Some(if v == "K" { key.clone() } else { "secret".into() });
+        let built = load_text(text, &env).unwrap().catalog();
         let declared = declared(text);
-        assert_eq!(declared.len(), 6);
+        assert_eq!(declared.len(), 7);
         for (name, ops) in &declared {
             let mut built_ops = built[name].clone();
             built_ops.sort();
@@ -286,9 +293,9 @@ mod tests {
         let e = load_text(text, &|_| None).unwrap_err();
         expect_test::expect![[r#"
             dossier.yaml:4:3: error: connector `autre` has no `type`
-              hint: add `type:` with one of: email, sms, calendar, printer, fiscal, http
+              hint: add `type:` with one of: email, sms, calendar, printer, fiscal, http, signer
             dossier.yaml:3:11: error: connector `courriel`: unknown type `emial`
-              hint: did you mean `email`? the types are: email, sms, calendar, printer, fiscal, http
+              hint: did you mean `email`? the types are: email, sms, calendar, printer, fiscal, http, signer
             dossier.yaml:6:3: error: `log` is a built-in connector's name
               hint: give this connector another name, and use that name in the workflows"#]]
         .assert_eq(&e);

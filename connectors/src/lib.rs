@@ -25,6 +25,7 @@ pub mod ipp;
 mod log;
 pub mod printer;
 mod recording;
+pub mod signer;
 pub mod sms;
 pub mod support;
 pub mod webhook;

@@ -23,7 +23,7 @@ pub use event::{Event, ParentRef, TimerPurpose};
 pub use fields::{check_fields, FieldError};
 pub use machine::{
     correlation_text, Action, CaseState, CaseStatus, Rejection, Transition, EVENTS_CONNECTOR,
-    LEDGER_CONNECTOR, NUMBERING_CONNECTOR,
+    IDS_CONNECTOR, LEDGER_CONNECTOR, NUMBERING_CONNECTOR,
 };
 pub use program::{Node, NodeId, Pinned, Program, StepList, TemplateSource};
 

@@ -274,6 +274,8 @@ pub const NUMBERING_CONNECTOR: &str = "dossier.numbering";
 pub const LEDGER_CONNECTOR: &str = "dossier.ledger";
 /// The internal connector of `emit` steps (events delivered by the runtime to other cases).
 pub const EVENTS_CONNECTOR: &str = "dossier.events";
+/// The internal connector of `unique_id` steps (random identifiers made unique by the store).
+pub const IDS_CONNECTOR: &str = "dossier.ids";
 
 #[derive(Debug, Clone)]
 enum Ending {
@@ -882,6 +884,7 @@ impl CaseState {
             StepKind::Number => self.exec_number(tx, tid, node_id),
             StepKind::Ledger => self.exec_ledger(tx, tid, node_id),
             StepKind::Emit => self.exec_emit(tx, tid, node_id),
+            StepKind::UniqueId => self.exec_unique_id(tx, tid, node_id),
             StepKind::Fail => {
                 let msg = step.fail.clone().unwrap_or_default();
                 let msg = self.render_inline(tx, &msg).unwrap_or(msg);
@@ -1914,6 +1917,38 @@ impl CaseState {
             connector: LEDGER_CONNECTOR.to_string(),
             operation: "post".to_string(),
             request: json!({ "postings": postings }),
+            timeout_ms: None,
+        };
+        self.request_effect(tx, tid, node_id, call);
+        Ok(())
+    }
+
+    /// A new identifier: the pattern is computed here, the random part drawn by the runtime
+    /// (randomness stays out of the machine), which makes it unique in the store.
+    fn exec_unique_id(&mut self, tx: &mut Tx, tid: u32, node_id: NodeId) -> Result<(), StepError> {
+        let step = &tx.prog.node(node_id).step;
+        let spec = step
+            .unique_id
+            .as_ref()
+            .expect("a unique_id step has a pattern");
+        let pattern = match self.eval(tx, &spec.pattern.0)? {
+            Value::String(s) => s,
+            other => {
+                return Err(StepError::fatal(format!(
+                    "the identifier pattern must be a text, not {other}"
+                )))
+            }
+        };
+        let placeholder = dossier_model::UniqueIdSpec::PLACEHOLDER;
+        if pattern.matches(placeholder).count() != 1 {
+            return Err(StepError::fatal(format!(
+                "the identifier pattern `{pattern}` must hold `{placeholder}` exactly once"
+            )));
+        }
+        let call = EffectCall {
+            connector: IDS_CONNECTOR.to_string(),
+            operation: "draw".to_string(),
+            request: json!({"pattern": pattern, "length": spec.length, "alphabet": spec.alphabet}),
             timeout_ms: None,
         };
         self.request_effect(tx, tid, node_id, call);

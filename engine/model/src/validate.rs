@@ -1174,6 +1174,53 @@ impl<'a> Checker<'a> {
         if let Some(e) = &step.emit {
             self.check_emit(&sp, e);
         }
+        if let Some(u) = &step.unique_id {
+            self.check_unique_id(&sp, step, u);
+        }
+    }
+
+    fn check_unique_id(&mut self, sp: &str, step: &Step, u: &crate::UniqueIdSpec) {
+        let up = format!("{sp}.unique_id");
+        self.check_expr(
+            &format!("{up}.pattern"),
+            u.pattern.as_str(),
+            ExprContext::Case,
+        );
+        // A pattern read from elsewhere (`params.format_id`) is checked when the step runs.
+        let literal = !u.pattern.as_str().contains('.');
+        if literal
+            && !u
+                .pattern
+                .as_str()
+                .contains(crate::UniqueIdSpec::PLACEHOLDER)
+        {
+            self.error(
+                self.value(&format!("{up}.pattern")),
+                "the pattern has no `{random}`: every case would get the same identifier",
+                "put `{random}` where the random part goes, such as `input.pays + \"-{random}-CL\"`",
+            );
+        }
+        if !(1..=32).contains(&u.length) {
+            self.error(
+                self.value(&format!("{up}.length")),
+                format!("a random part of {} characters", u.length),
+                "give between 1 and 32 characters (4 hex characters: 65,536 identifiers per pattern)",
+            );
+        }
+        if crate::UniqueIdSpec::characters(&u.alphabet).is_none() {
+            self.error(
+                self.value(&format!("{up}.alphabet")),
+                format!("unknown alphabet `{}`", u.alphabet),
+                "use `hex`, `digits` or `alnum`",
+            );
+        }
+        if step.result.is_none() {
+            self.error(
+                self.key(&up),
+                "the identifier is given to nobody: the step has no `result`",
+                "add `result: identifiant` and use `identifiant.id`",
+            );
+        }
     }
 
     fn check_ledger(&mut self, sp: &str, postings: &[crate::PostingSpec]) {

@@ -279,6 +279,12 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emit: Option<EmitSpec>,
 
+    /// Give the case a new identifier that no other case has: a pattern around a random part
+    /// drawn from the operating system's CSPRNG (`CI261121-3F9A-PT`), unique in the store; the
+    /// step's result is `{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_id: Option<UniqueIdSpec>,
+
     /// Variable that receives the step's result (rule output, event payload, task decision,
     /// connector answer, sub-workflow output, rendered text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -342,6 +348,44 @@ pub struct NumberSpec {
     /// digits, zero-padded); default `{series}-{period}-{seq:04}`.
     #[serde(default = "default_number_format")]
     pub format: String,
+}
+
+/// A unique identifier with a random part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UniqueIdSpec {
+    /// An expression giving the identifier's text, with `{random}` exactly once where the
+    /// random part goes (`input.pays + aammjj + "-{random}-" + suffixe`).
+    pub pattern: Expr,
+    /// How many random characters (1 to 32); default 4.
+    #[serde(default = "default_random_length")]
+    pub length: u32,
+    /// `hex` (0-9, A-F; the default), `digits` (0-9) or `alnum` (A-Z and 2-9 without the
+    /// look-alikes I, O, 0 and 1).
+    #[serde(default = "default_alphabet")]
+    pub alphabet: String,
+}
+
+fn default_random_length() -> u32 {
+    4
+}
+
+fn default_alphabet() -> String {
+    "hex".to_string()
+}
+
+impl UniqueIdSpec {
+    /// The characters each alphabet draws from.
+    pub fn characters(alphabet: &str) -> Option<&'static str> {
+        match alphabet {
+            "hex" => Some("0123456789ABCDEF"),
+            "digits" => Some("0123456789"),
+            "alnum" => Some("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"),
+            _ => None,
+        }
+    }
+    /// What stands for the random part in a pattern.
+    pub const PLACEHOLDER: &'static str = "{random}";
 }
 
 /// One posting of a `ledger` step.
@@ -550,6 +594,7 @@ pub enum StepKind {
     Number,
     Ledger,
     Emit,
+    UniqueId,
 }
 
 impl StepKind {
@@ -570,6 +615,7 @@ impl StepKind {
             StepKind::Number => "number",
             StepKind::Ledger => "ledger",
             StepKind::Emit => "emit",
+            StepKind::UniqueId => "unique_id",
         }
     }
 }
@@ -598,6 +644,7 @@ impl Step {
         add(self.number.is_some(), StepKind::Number);
         add(self.ledger.is_some(), StepKind::Ledger);
         add(self.emit.is_some(), StepKind::Emit);
+        add(self.unique_id.is_some(), StepKind::UniqueId);
         k
     }
 

@@ -23,7 +23,7 @@ steps:
     nxt: end
 "#,
         expect![[r#"
-            workflows/test.yaml:8:5: error: steps[0]: unknown field `nxt`, expected one of `id`, `title`, `description`, `rule`, `with`, `assign`, `branch`, `otherwise`, `wait`, `wait_event`, `task`, `action`, `parallel`, `for_each`, `call`, `render`, `fail`, `number`, `ledger`, `emit`, `result`, `next`, `retry`, `timeout`, `on_error`, `compensate`
+            workflows/test.yaml:8:5: error: steps[0]: unknown field `nxt`, expected one of `id`, `title`, `description`, `rule`, `with`, `assign`, `branch`, `otherwise`, `wait`, `wait_event`, `task`, `action`, `parallel`, `for_each`, `call`, `render`, `fail`, `number`, `ledger`, `emit`, `unique_id`, `result`, `next`, `retry`, `timeout`, `on_error`, `compensate`
               hint: did you mean `next`?
         "#]],
     );

@@ -1905,6 +1905,20 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             hand_back(&inner, key, job.case_id, event);
             return;
         }
+        if job.connector == dossier_core::IDS_CONNECTOR {
+            let at = inner.clock.now().timestamp_millis();
+            let event = crate::ids::claim(
+                &*inner.store,
+                &crate::ids::Source::System,
+                &job.key,
+                &job.case_id,
+                at,
+                &job.request,
+            )
+            .await;
+            hand_back(&inner, key, job.case_id, event);
+            return;
+        }
         if job.connector == dossier_core::EVENTS_CONNECTOR {
             let event = emit_event(&inner, &job).await;
             hand_back(&inner, key, job.case_id, event);

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod casefile;
 pub mod cron;
 pub mod engine;
+mod ids;
 mod ledger;
 pub mod metrics;
 mod numbering;

@@ -54,7 +54,7 @@ pub struct Simulation<'p> {
     effects: VecDeque<(String, Action)>,
     /// `number` steps' series, counted in memory.
     numbers: crate::numbering::MemoryNumbers,
-    /// `ledger` steps' accounts, in memory.
+    /// `ledger` steps' accounts and `unique_id` steps' identifiers, in memory.
     ledger: dossier_store::memory::MemoryStore,
     connectors: BTreeMap<String, Arc<RecordingConnector>>,
     /// Every connector call in order, with the virtual time it happened.
@@ -305,6 +305,11 @@ impl<'p> Simulation<'p> {
                     } else if connector == dossier_core::LEDGER_CONNECTOR {
                         let at = self.now.timestamp_millis();
                         crate::ledger::post(&self.ledger, &key, &case_id, at, &request).await
+                    } else if connector == dossier_core::IDS_CONNECTOR {
+                        // Drawn from the key: a test gives the same identifier every run.
+                        let at = self.now.timestamp_millis();
+                        let source = crate::ids::Source::Derived(key.clone());
+                        crate::ids::claim(&self.ledger, &source, &key, &case_id, at, &request).await
                     } else {
                         let double = self.connector(&connector);
                         let effect = EffectRequest {

@@ -588,6 +588,7 @@ async fn check_all_cases(engine: &Engine, sms: &[Arc<RecordingConnector>]) {
                     dossier_core::NUMBERING_CONNECTOR,
                     dossier_core::LEDGER_CONNECTOR,
                     dossier_core::EVENTS_CONNECTOR,
+                    dossier_core::IDS_CONNECTOR,
                 ];
                 if !internal.contains(&connector.as_str()) {
                     requested.insert(key.clone());

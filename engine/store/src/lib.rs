@@ -450,6 +450,27 @@ pub enum LedgerOutcome {
     Refused(LedgerRefusal),
 }
 
+/// An identifier asked for by one effect (a `unique_id` step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdClaim {
+    pub id: String,
+    /// The idempotency key of the effect: it holds one identifier.
+    pub key: String,
+    pub case_id: String,
+    pub at: Millis,
+}
+
+/// The answer to an [`IdClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdClaimOutcome {
+    /// The identifier is now this key's.
+    Claimed,
+    /// The key already holds this identifier (a repeated request): nothing was claimed.
+    Held(String),
+    /// Another key holds the identifier: draw another.
+    Taken,
+}
+
 /// An account and its balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerAccount {
@@ -610,4 +631,7 @@ pub trait Store: Send + Sync {
     async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>>;
     /// An account's postings, in order.
     async fn ledger_postings(&self, account: &str) -> Result<Vec<LedgerPosting>>;
+    /// Claims an identifier for an effect's key, in one transaction: the identifier the key
+    /// already holds, else this one if nobody has it, else [`IdClaimOutcome::Taken`].
+    async fn claim_unique_id(&self, claim: &IdClaim) -> Result<IdClaimOutcome>;
 }

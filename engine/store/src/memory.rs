@@ -18,9 +18,10 @@ use crate::common::{
 use crate::common::{apply_postings, request_accounts};
 use crate::{
     ApiKeyRecord, AuditEntry, AuditRecord, CaseFilter, CaseRecord, CaseWrite, Decimal,
-    DefinitionRecord, EffectRecord, EventRecord, InboxRecord, LedgerAccount, LedgerOutcome,
-    LedgerPosting, LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result,
-    Store, StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
+    DefinitionRecord, EffectRecord, EventRecord, IdClaim, IdClaimOutcome, InboxRecord,
+    LedgerAccount, LedgerOutcome, LedgerPosting, LedgerRequest, Millis, NumberAllocation,
+    NumberRecord, NumberRequest, Result, Store, StoreError, TaskFilter, TaskRecord, TimerRecord,
+    WaitRecord,
 };
 
 /// The in-memory implementation of [`Store`]. Nothing survives the process.
@@ -57,6 +58,9 @@ struct State {
     ledger: BTreeMap<String, (Decimal, Vec<LedgerPosting>)>,
     /// The (account, seq) of each posting an idempotency key made, in request order.
     ledger_keys: BTreeMap<String, Vec<(String, i64)>>,
+    /// Identifier to the key holding it, and key to identifier.
+    unique_ids: BTreeMap<String, String>,
+    unique_id_keys: BTreeMap<String, String>,
 }
 
 /// What to restore to undo one change of a failed batch.
@@ -601,6 +605,21 @@ impl Store for MemoryStore {
             postings,
             fresh: true,
         })
+    }
+
+    async fn claim_unique_id(&self, claim: &IdClaim) -> Result<IdClaimOutcome> {
+        let mut state = self.lock();
+        if let Some(id) = state.unique_id_keys.get(&claim.key) {
+            return Ok(IdClaimOutcome::Held(id.clone()));
+        }
+        if state.unique_ids.contains_key(&claim.id) {
+            return Ok(IdClaimOutcome::Taken);
+        }
+        state.unique_ids.insert(claim.id.clone(), claim.key.clone());
+        state
+            .unique_id_keys
+            .insert(claim.key.clone(), claim.id.clone());
+        Ok(IdClaimOutcome::Claimed)
     }
 
     async fn ledger_accounts(&self, prefix: &str) -> Result<Vec<LedgerAccount>> {

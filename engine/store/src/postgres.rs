@@ -37,6 +37,7 @@ use crate::{
     LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result, Store,
     StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
+use crate::{IdClaim, IdClaimOutcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -690,6 +691,48 @@ impl Store for PgStore {
         }
         Err(StoreError::Conflict {
             case_id: req.case_id.clone(),
+            expected: None,
+        })
+    }
+
+    async fn claim_unique_id(&self, claim: &IdClaim) -> Result<IdClaimOutcome> {
+        // The identifier is inserted only if neither it nor the key is taken; when nothing was
+        // inserted, the key's row (a repeat, or a copy that won a race on the key) says which.
+        for _ in 0..NUMBER_ROUNDS {
+            let held: Option<String> =
+                sqlx::query_scalar("SELECT id FROM unique_ids WHERE key = $1")
+                    .bind(&claim.key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(id) = held {
+                return Ok(IdClaimOutcome::Held(id));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO unique_ids (id, key, case_id, at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&claim.id)
+            .bind(&claim.key)
+            .bind(&claim.case_id)
+            .bind(claim.at)
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(IdClaimOutcome::Claimed);
+            }
+            let holder: Option<String> =
+                sqlx::query_scalar("SELECT key FROM unique_ids WHERE id = $1")
+                    .bind(&claim.id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            match holder {
+                Some(k) if k != claim.key => return Ok(IdClaimOutcome::Taken),
+                // The key won elsewhere (or the identifier is the key's): the next round finds it.
+                _ => continue,
+            }
+        }
+        Err(StoreError::Conflict {
+            case_id: claim.case_id.clone(),
             expected: None,
         })
     }

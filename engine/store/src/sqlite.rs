@@ -57,6 +57,7 @@ use crate::{
     LedgerRequest, Millis, NumberAllocation, NumberRecord, NumberRequest, Result, Store,
     StoreError, TaskFilter, TaskRecord, TimerRecord, WaitRecord,
 };
+use crate::{IdClaim, IdClaimOutcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -598,6 +599,34 @@ impl Store for SqliteStore {
         // comes between reading them and writing the postings.
         self.writer
             .run(move |conn| in_transaction(conn, |conn| post_ledger(conn, &req)))
+            .await
+    }
+
+    async fn claim_unique_id(&self, claim: &IdClaim) -> Result<IdClaimOutcome> {
+        let claim = claim.clone();
+        self.writer
+            .run(move |conn| {
+                in_transaction(conn, |conn| {
+                    let held: Option<String> = conn
+                        .prepare_cached("SELECT id FROM unique_ids WHERE key = ?1")?
+                        .query_row([&claim.key], |r| r.get(0))
+                        .optional()?;
+                    if let Some(id) = held {
+                        return Ok(IdClaimOutcome::Held(id));
+                    }
+                    let inserted = conn
+                        .prepare_cached(
+                            "INSERT INTO unique_ids (id, key, case_id, at) VALUES (?1, ?2, ?3, ?4) \
+                             ON CONFLICT (id) DO NOTHING",
+                        )?
+                        .execute(params![claim.id, claim.key, claim.case_id, claim.at])?;
+                    Ok(if inserted == 1 {
+                        IdClaimOutcome::Claimed
+                    } else {
+                        IdClaimOutcome::Taken
+                    })
+                })
+            })
             .await
     }
 

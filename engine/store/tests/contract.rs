@@ -20,6 +20,7 @@ use dossier_store::{
     TimerRecord, WaitRecord, AUDIT_GENESIS,
 };
 use dossier_store::{Decimal, LedgerOutcome, LedgerRequest, PostingRequest};
+use dossier_store::{IdClaim, IdClaimOutcome};
 use dossier_testkit::TempPg;
 use sqlx::Connection;
 
@@ -156,6 +157,7 @@ contract_tests!(
     ledger_concurrent_debits_respect_the_bound,
     ledger_accounts_by_prefix,
     ledger_concurrent_copies_of_one_request_post_once,
+    unique_ids_are_given_once,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2750,4 +2752,59 @@ async fn ledger_concurrent_copies_of_one_request_post_once(s: Arc<dyn Store>) {
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     assert_eq!(balance(&s, "credits/B").await, Some(dec("5")));
     assert_eq!(balance(&s, "recus/B").await, Some(dec("5")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unique identifiers
+
+fn id_claim(id: &str, key: &str) -> IdClaim {
+    IdClaim {
+        id: id.to_string(),
+        key: key.to_string(),
+        case_id: format!("case-{key}"),
+        at: 1_000,
+    }
+}
+
+async fn unique_ids_are_given_once(s: Arc<dyn Store>) {
+    let claimed = s
+        .claim_unique_id(&id_claim("CI261121-3F9A-PT", "c1:id#1"))
+        .await;
+    assert_eq!(claimed.unwrap(), IdClaimOutcome::Claimed);
+    // Another case drawing the same identifier must draw again.
+    let taken = s
+        .claim_unique_id(&id_claim("CI261121-3F9A-PT", "c2:id#1"))
+        .await;
+    assert_eq!(taken.unwrap(), IdClaimOutcome::Taken);
+    // A repeated request keeps the identifier it has, whatever it drew this time.
+    let held = s
+        .claim_unique_id(&id_claim("CI261121-0000-PT", "c1:id#1"))
+        .await;
+    assert_eq!(
+        held.unwrap(),
+        IdClaimOutcome::Held("CI261121-3F9A-PT".into())
+    );
+    // Copies of one request racing on two identifiers: the key gets exactly one.
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.claim_unique_id(&id_claim(&format!("CI261121-{i:04}-CL"), "c3:id#1"))
+                .await
+                .expect("claim")
+        }));
+    }
+    let mut claimed = Vec::new();
+    let mut held = std::collections::BTreeSet::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.await.expect("task") {
+            IdClaimOutcome::Claimed => claimed.push(format!("CI261121-{i:04}-CL")),
+            IdClaimOutcome::Held(id) => {
+                held.insert(id);
+            }
+            IdClaimOutcome::Taken => panic!("no copy drew a taken identifier"),
+        }
+    }
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert!(held.iter().all(|id| *id == claimed[0]), "{held:?}");
 }
