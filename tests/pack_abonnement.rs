@@ -1,9 +1,12 @@
 //! The coworking subscription pack (`examples/abonnement_coworking`) end to end under
 //! `dossier serve`: a member subscribes, the invoicing pack's `facture` workflow issues and
-//! emails the period's invoice (a real SMTP server, aiosmtpd), the payment event settles it, the
-//! member moves up a level mid-period (the prorated supplement is invoiced through the
-//! `facture_demandee` event, the change confirmed by email), a simulation prices a change without
-//! doing anything, the member terminates; every history replays.
+//! emails the period's invoice (a real SMTP server, aiosmtpd) and hands back its number at once,
+//! its follow-up (`suivi_facture`) starting as a case of its own; the payment event reaches both
+//! the follow-up and the subscription, which waits for it itself; the member moves up a level
+//! mid-period (the prorated supplement is invoiced through the `facture_demandee` event, the
+//! change confirmed by email), a simulation prices a change without doing anything, the member
+//! terminates. A second member terminates while the period's invoice is unpaid: the invoice's
+//! follow-up goes on and takes the later payment. Every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -187,6 +190,29 @@ impl Api {
             .clone()
     }
 
+    /// The one case of `workflow` with this business key, once it exists.
+    async fn case_of(&self, key: &str, workflow: &str, business_key: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self
+                .get(
+                    &format!("/api/v1/instances?workflow={workflow}&business_key={business_key}"),
+                    key,
+                )
+                .await;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            if let Some(c) = items.first() {
+                assert_eq!(items.len(), 1, "{list}");
+                return c["id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {workflow} case for {business_key}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the case has started waiting `times` times for the event `name`.
     async fn wait_awaiting(&self, case: &str, key: &str, name: &str, times: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -338,9 +364,24 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     assert!(sent[0].0.contains(&first), "{:?}", sent[0]);
     assert!(sent[0].0.contains("348,00 €"), "{:?}", sent[0]);
     assert_eq!(sent[0].2, [format!("{first}.pdf")]);
-    api.wait_status(&abonnement, &admin, "waiting").await;
+    // `facture` hands back the number once the invoice is sent; its follow-up is a case of its
+    // own (not a child), and the subscription waits for the payment itself.
+    api.wait_awaiting(&abonnement, &admin, "paiement_recu", 1)
+        .await;
+    let invoices = api.get("/api/v1/instances?workflow=facture", &admin).await;
+    let invoice = invoices["items"][0]["id"].as_str().unwrap().to_string();
+    let issued = api.wait_status(&invoice, &admin, "completed").await;
+    assert_eq!(issued["data"]["numero"]["number"], first.as_str(), "{issued}");
+    assert_eq!(issued["data"]["statut"], "envoyee", "{issued}");
+    let follow_up = api.case_of(&admin, "suivi_facture", &first).await;
+    api.wait_awaiting(&follow_up, &admin, "paiement_recu", 1)
+        .await;
+    let followed = api
+        .get(&format!("/api/v1/instances/{follow_up}"), &admin)
+        .await;
+    assert!(followed["parent_id"].is_null(), "{followed}");
 
-    // ---- Payment: the invoice's follow-up settles it, the subscription goes on ----
+    // ---- Payment: it reaches the invoice's follow-up and the subscription, which goes on ----
     let paid = api
         .event(
             &system,
@@ -348,9 +389,25 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
             json!({"facture": first, "montant": 348.00, "mode": "virement"}),
         )
         .await;
-    assert!(!paid["reached"].as_array().unwrap().is_empty(), "{paid}");
+    let mut reached: Vec<String> = paid["reached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    reached.sort();
+    let mut both = vec![abonnement.clone(), follow_up.clone()];
+    both.sort();
+    assert_eq!(reached, both, "{paid}");
     api.wait_awaiting(&abonnement, &admin, "changement_formule", 1)
         .await;
+    let settled = api.wait_status(&follow_up, &admin, "completed").await;
+    assert_eq!(settled["data"]["statut"], "payee", "{settled}");
+    let running = api
+        .get(&format!("/api/v1/instances/{abonnement}"), &admin)
+        .await;
+    assert_eq!(running["data"]["statut"], "actif", "{running}");
+    assert_eq!(dec(&running["data"]["regle_periode"]), "348", "{running}");
 
     // ---- Upgrade to a dedicated desk today (occupancy 80 %: 450 € + 5 % = 472.50 € HT) ----
     // Changed on the period's first day: the whole period is exchanged, whatever its length:
@@ -448,8 +505,73 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         "{sent:?}"
     );
 
+    // ---- A second member terminates while the period's invoice is unpaid ----
+    let unpaid = api
+        .start(
+            &system,
+            "abonnement_coworking",
+            json!({
+                "abonnement": "ABO-E2E-0002",
+                "membre": "Marc Dupont",
+                "email": "marc.dupont@exemple.fr",
+                "telephone": "+33600000005",
+                "espace": "lyon_republique",
+                "niveau": "hot_desk",
+                "formule": "mois",
+                "postes": 1,
+                "debut": today,
+            }),
+        )
+        .await;
+    let third = format!("FAC-{year}-0003");
+    let sent = mails(&smtp, 5);
+    assert!(sent.iter().any(|m| m.0.contains(&third)), "{sent:?}");
+    api.wait_awaiting(&unpaid, &admin, "paiement_recu", 1).await;
+    let third_follow_up = api.case_of(&admin, "suivi_facture", &third).await;
+    api.wait_awaiting(&third_follow_up, &admin, "paiement_recu", 1)
+        .await;
+    let terminated = api
+        .event(
+            &system,
+            "resiliation_demandee",
+            json!({"abonnement": "ABO-E2E-0002"}),
+        )
+        .await;
+    assert_eq!(terminated["reached"], json!([unpaid]), "{terminated}");
+    let ended = api.wait_status(&unpaid, &admin, "completed").await;
+    assert_eq!(ended["data"]["statut"], "resilie", "{ended}");
+    assert_eq!(ended["data"]["motif_fin"], "demande_membre", "{ended}");
+    // Not paid: the access closes the same day.
+    assert_eq!(ended["data"]["date_fin_acces"], today.as_str(), "{ended}");
+    mails(&smtp, 6);
+    // The invoice stays due: its follow-up was not cancelled with the subscription, and the
+    // later payment reaches it alone.
+    let still = api
+        .get(&format!("/api/v1/instances/{third_follow_up}"), &admin)
+        .await;
+    assert_eq!(still["status"], "waiting", "{still}");
+    let late = api
+        .event(
+            &system,
+            "paiement_recu",
+            json!({"facture": third, "montant": 348.00, "mode": "especes"}),
+        )
+        .await;
+    assert_eq!(late["reached"], json!([third_follow_up]), "{late}");
+    let settled = api.wait_status(&third_follow_up, &admin, "completed").await;
+    assert_eq!(settled["data"]["statut"], "payee", "{settled}");
+
     // Every case of the pack replays as it was recorded.
-    for c in [&abonnement, &simulation] {
+    let all = api.get("/api/v1/instances", &admin).await;
+    let ids: Vec<String> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    // Two subscriptions, three invoices and their three follow-ups, the simulation.
+    assert_eq!(ids.len(), 9, "{all}");
+    for c in &ids {
         let (s, report) = api
             .call(
                 reqwest::Method::POST,

@@ -1,7 +1,8 @@
 //! The invoicing pack (`examples/facturation`) end to end under `dossier serve`, against real
 //! local servers (aiosmtpd for the emails, ippeveprinter for the receipts, a TCP sink standing
 //! for the ESC/POS till printer): an invoice is issued, numbered, emailed with its PDF and
-//! posted to the ledger; a cash deposit prints a receipt and a ticket and reaches the invoice's
+//! posted to the ledger, and the invoice case ends once sent after starting its follow-up (a case
+//! of its own, through the `suivi_facture_demande` event); a cash deposit prints a receipt and a ticket and reaches the invoice's
 //! follow-up; a bank statement settles the balance and sends its unknown line to the
 //! accounting inbox; a credit note on the paid invoice becomes a refund task; an accepted quote
 //! starts a new invoice through the `facture_demandee` event; the numbering registers are
@@ -382,16 +383,23 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let today_fr = now.format("%d/%m/%Y").to_string();
     let fac1 = format!("FAC-{year}-0001");
 
-    // ---- 1. The invoice: numbered, emailed with its PDF, followed by its sub-case ----
+    // ---- 1. The invoice: numbered, emailed with its PDF; it ends once sent, after asking for
+    // its follow-up (the `suivi_facture_demande` event starts a case of its own, not a child) ----
     let invoice = api.start(&system, "facture", coworking_invoice()).await;
-    api.wait_status(&invoice, &admin, "waiting").await;
+    let issued = api.output(&invoice, &admin).await;
+    assert_eq!(issued["statut"], "envoyee", "{issued}");
+    assert_eq!(issued["facture"], fac1.as_str(), "{issued}");
+    assert_eq!(amount(&issued["montant_ttc"]), "470.71", "{issued}");
+    assert_eq!(amount(&issued["total_ht"]), "397.9", "{issued}");
+    assert_eq!(issued["devise"], "EUR", "{issued}");
     let follow_up = api.case_of(&admin, "suivi_facture", &fac1).await;
     let follow_up = follow_up["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        api.get(&format!("/api/v1/instances/{follow_up}"), &admin)
-            .await["parent_id"],
-        invoice.as_str()
-    );
+    assert_eq!(issued["suivi"], json!([follow_up]), "{issued}");
+    let followed = api
+        .get(&format!("/api/v1/instances/{follow_up}"), &admin)
+        .await;
+    assert!(followed["parent_id"].is_null(), "{followed}");
+    assert_eq!(followed["status"], "waiting", "{followed}");
     let mail = mail_with(&smtp, &format!("facture {fac1}"));
     let parsed = mailparse::parse_mail(&mail).unwrap();
     assert_eq!(
@@ -502,7 +510,7 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
         "{done}"
     );
 
-    // The invoice is paid: its follow-up and the invoice case end.
+    // The invoice is paid: its follow-up ends.
     let settled = api.output(&follow_up, &admin).await;
     assert_eq!(settled["statut"], "payee", "{settled}");
     assert_eq!(amount(&settled["solde"]), "0", "{settled}");
@@ -514,10 +522,6 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
     assert_eq!(modes, ["especes", "virement"], "{settled}");
-    let issued = api.output(&invoice, &admin).await;
-    assert_eq!(issued["statut"], "payee", "{issued}");
-    assert_eq!(issued["facture"], fac1.as_str(), "{issued}");
-    assert_eq!(amount(&issued["montant_ttc"]), "470.71", "{issued}");
 
     // ---- 4. A credit note on the paid invoice: no follow-up any more, a refund task ----
     let credit = api
@@ -576,7 +580,7 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     assert_eq!(done["statut"], "accepte", "{done}");
     assert_eq!(done["devis"], dev1.as_str(), "{done}");
     let started = done["facture_demandee"][0].as_str().unwrap().to_string();
-    let second = api.wait_status(&started, &admin, "waiting").await;
+    let second = api.wait_status(&started, &admin, "completed").await;
     assert_eq!(second["workflow"], "facture");
     assert_eq!(second["business_key"], dev1.as_str());
     let fac2 = format!("FAC-{year}-0002");
