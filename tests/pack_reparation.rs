@@ -1,0 +1,699 @@
+//! The repair pack (`examples/reparation`) end to end under `dossier serve`, against real local
+//! servers (aiosmtpd for the emails, a TCP sink standing for the ESC/POS till printer) and a
+//! stub for the Orange SMS API: a device is taken in (ticket with the tracking QR code, SMS and
+//! email), diagnosed through the technician's inbox, quoted and accepted by event; its part is
+//! out of stock, so a purchase order (`reappro_pieces`) opens, the store receives the delivery
+//! into the ledger and the waiting repair reserves the part (falling under the threshold opens a
+//! second order); a failed test sends it back to intervention; the invoice is issued by the
+//! invoicing pack; the device is collected; a warranty claim opens a warranty repair, which is
+//! then cancelled; the stock is read through the ledger API and every history replays.
+
+#[path = "../connectors/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailparse::MailHeaderMap;
+use serde_json::{json, Value};
+use support::servers::{Smtp, TicketSink};
+use support::{reply, Hit, Stub};
+
+const WORKFLOWS: &[&str] = &["reparation", "reappro_pieces", "facture", "suivi_facture"];
+const RULES: &[&str] = &["reparation", "facturation", "penalites"];
+const TEMPLATES: &[&str] = &["reparation", "factures"];
+
+/// Orange: the token endpoint, then the send endpoint.
+fn orange(hit: &Hit, n: usize) -> (u16, String) {
+    if hit.path == "/oauth/v3/token" {
+        return (
+            200,
+            json!({"access_token": "jeton-orange", "token_type": "Bearer", "expires_in": "3600"})
+                .to_string(),
+        );
+    }
+    let mut req = hit.json();
+    req["outboundSMSMessageRequest"]["resourceURL"] =
+        json!(format!("http://orange.stub{}/req-{n}", hit.path));
+    (201, req.to_string())
+}
+
+/// The pack's files copied into `dir`, with a `dossier.yaml` pointing at this test's servers.
+fn project(dir: &Path, smtp: u16, orange: &str, till: u16, server: u16) -> PathBuf {
+    let root = dir.join("reparation");
+    let repo = support::repo_root();
+    for sub in ["workflows", "rules"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for w in WORKFLOWS {
+        let file = format!("workflows/{w}.yaml");
+        std::fs::copy(repo.join(&file), root.join(&file)).unwrap();
+    }
+    for r in RULES {
+        let file = format!("rules/{r}.rhai");
+        std::fs::copy(repo.join(&file), root.join(&file)).unwrap();
+    }
+    for t in TEMPLATES {
+        support::copy_tree(
+            &repo.join("templates").join(t),
+            &root.join("templates").join(t),
+        );
+    }
+    let config = format!(
+        r#"server:
+  listen: 127.0.0.1:{server}
+connectors:
+  courriel:
+    type: email
+    host: 127.0.0.1
+    port: {smtp}
+    tls: none
+    from: "Atelier Koné Réparations <atelier@reparations.exemple.ci>"
+  sms:
+    type: sms
+    provider: orange
+    api_url: http://{orange}
+    token_url: http://{orange}/oauth/v3/token
+    client_id_env: DOSSIER_ORANGE_CLIENT_ID
+    client_secret_env: DOSSIER_ORANGE_CLIENT_SECRET
+    sender_address: "tel:+2250000000000"
+    sender_name: AtelierKone
+  # Les factures ne sont pas imprimées dans ce test (le connecteur doit exister pour facture.yaml).
+  imprimante:
+    type: printer
+    ipp_url: ipp://127.0.0.1:9/ipp/print
+  caisse:
+    type: printer
+    escpos: {{ host: 127.0.0.1, port: {till}, width: 48 }}
+"#
+    );
+    std::fs::write(root.join("dossier.yaml"), config).unwrap();
+    root
+}
+
+fn secrets(cmd: &mut Command) -> &mut Command {
+    cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
+        .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+        .arg("--project")
+        .arg(project)
+        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("dsk_"))
+        .expect("a dsk_ key is printed")
+        .to_string()
+}
+
+/// An input file of `examples/reparation`.
+fn example(name: &str) -> Value {
+    let path = support::repo_root().join("examples/reparation").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
+        let (s, started) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/instances",
+                key,
+                Some(json!({"workflow": workflow, "input": input})),
+            )
+            .await;
+        assert_eq!(s, 201, "{started}");
+        started["id"].as_str().unwrap().to_string()
+    }
+
+    /// Sends an event (`{name, payload}`); the answer `{reached, started}`.
+    async fn event(&self, key: &str, event: Value) -> Value {
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/api/v1/events", key, Some(event))
+            .await;
+        assert!(s == 200 || s == 202, "event: {s} {v}");
+        v
+    }
+
+    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+            if c["status"] == want {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} is still {}: {c}",
+                c["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The case's data once `etape` (the stage shown to the client) reaches `want`.
+    async fn wait_stage(&self, case: &str, key: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+            if c["data"]["etape"] == want {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} is at stage {}: {c}",
+                c["data"]["etape"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/instances/{case}/history"), key)
+            .await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The output of a completed case (its `case_completed` event).
+    async fn output(&self, case: &str, key: &str) -> Value {
+        self.wait_status(case, key, "completed").await;
+        let history = self.history(case, key).await;
+        history
+            .iter()
+            .rev()
+            .find(|e| e["kind"] == "case_completed")
+            .map(|e| e["payload"]["output"].clone())
+            .unwrap_or_else(|| panic!("{case} has no case_completed event: {history:?}"))
+    }
+
+    /// The cases of `workflow`, waiting until there are `n`.
+    async fn cases_of(&self, key: &str, workflow: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self
+                .get(&format!("/api/v1/instances?workflow={workflow}"), key)
+                .await;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            if items.len() >= n {
+                assert_eq!(items.len(), n, "{list}");
+                return items;
+            }
+            assert!(Instant::now() < deadline, "no {n} {workflow} cases: {list}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The open task of `case` at `step` in `role`'s inbox, once it exists.
+    async fn task(&self, key: &str, role: &str, case: &str, step: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
+            if let Some(t) =
+                tasks["items"].as_array().unwrap().iter().find(|t| {
+                    t["instance_id"] == case && t["step"] == step && t["status"] == "open"
+                })
+            {
+                return t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no open task {step} for {case} in {role}: {tasks}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn complete(&self, key: &str, task: &Value, outcome: &str, data: Value) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+                key,
+                Some(json!({"outcome": outcome, "data": data})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// The balance of a stock account, through the ledger API.
+    async fn stock(&self, key: &str, piece: &str) -> String {
+        let list = self.get("/api/v1/ledger/accounts?prefix=stock/", key).await;
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["account"] == format!("stock/{piece}"))
+            .unwrap_or_else(|| panic!("no stock/{piece}: {list}"))
+            .clone();
+        amount(&item["balance"])
+    }
+}
+
+/// A decimal amount of a JSON answer, written without trailing zeros (`2.00` -> `2`).
+fn amount(v: &Value) -> String {
+    let text = v.to_string().trim_matches('"').to_string();
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The subjects of the messages received so far.
+fn subjects(smtp: &Smtp) -> Vec<String> {
+    smtp.messages()
+        .iter()
+        .map(|m| {
+            mailparse::parse_mail(m)
+                .unwrap()
+                .headers
+                .get_first_value("Subject")
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Waits until a message whose subject contains `needle` has arrived; its text (first part,
+/// line ends as `\n`).
+fn mail_with(smtp: &Smtp, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for m in smtp.messages() {
+            let parsed = mailparse::parse_mail(&m).unwrap();
+            let subject = parsed
+                .headers
+                .get_first_value("Subject")
+                .unwrap_or_default();
+            if subject.contains(needle) {
+                let body = if parsed.subparts.is_empty() {
+                    parsed.get_body().unwrap()
+                } else {
+                    parsed.subparts[0].get_body().unwrap()
+                };
+                return body.replace("\r\n", "\n");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no message about `{needle}`: {:?}",
+            subjects(smtp)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The SMS texts Orange received so far.
+fn sms_texts(orange: &Stub) -> Vec<String> {
+    orange
+        .hits()
+        .iter()
+        .filter(|h| h.path != "/oauth/v3/token")
+        .map(|h| {
+            h.json()["outboundSMSMessageRequest"]["outboundSMSTextMessage"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Waits until an SMS containing `needle` has been sent.
+async fn sms_with(orange: &Stub, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if sms_texts(orange).iter().any(|t| t.contains(needle)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SMS with `{needle}`: {:?}",
+            sms_texts(orange)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_from_intake_to_warranty_under_serve() {
+    let smtp = Smtp::start(&[]);
+    let till = TicketSink::start();
+    let orange = Stub::start(|hit, before| {
+        let (status, body) = orange(hit, before.len());
+        reply(status, body)
+    })
+    .await;
+    let server_port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(
+        dir.path(),
+        smtp.port,
+        &orange.addr.to_string(),
+        till.port,
+        server_port,
+    );
+    let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
+
+    let out = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root)
+            .arg("validate"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accueil = key(&root, &db, "system", "logiciel-accueil");
+    let admin = key(&root, &db, "admin", "direction");
+    let technicien = key(&root, &db, "operator,technicien", "awa.k");
+    let magasin = key(&root, &db, "operator,magasin", "magasinier");
+    let mut child = secrets(
+        Command::new(env!("CARGO_BIN_EXE_dossier"))
+            .arg("--project")
+            .arg(&root),
+    )
+    .args(["serve", "--db", &db])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Server(child);
+    assert_eq!(
+        line.trim(),
+        format!("dossier: serving on http://127.0.0.1:{server_port}")
+    );
+    let api = Api {
+        base: format!("http://127.0.0.1:{server_port}"),
+        client: reqwest::Client::new(),
+    };
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let suivi = "https://suivi.reparations.exemple.ci/reparations/REP-2611-0042";
+
+    // ---- 1. Intake: the ticket with the tracking QR code, the SMS and the email ----
+    let repair = api
+        .start(&accueil, "reparation", example("depot.json"))
+        .await;
+    let c = api.wait_stage(&repair, &admin, "diagnostic").await;
+    assert_eq!(c["data"]["statut"], "en_cours", "{c}");
+    assert_eq!(c["data"]["technicien"], "Awa K.", "{c}");
+    let tickets = till.received(1);
+    assert_eq!(tickets.len(), 1);
+    let ticket = &tickets[0];
+    assert!(ticket.starts_with(&[0x1b, 0x40]), "ESC @ first");
+    assert!(contains(ticket, b"REP-2611-0042"), "the repair number");
+    assert!(contains(ticket, b"R58N12345AB"), "the serial number");
+    assert!(contains(ticket, b"Mariam D."), "the receptionist");
+    assert!(contains(ticket, &[0x1d, 0x28, 0x6b]), "a GS ( k QR code");
+    assert!(
+        contains(ticket, suivi.as_bytes()),
+        "the QR code holds the link"
+    );
+    assert!(contains(ticket, &[0x1d, 0x56, 0x00]), "a GS V cut");
+    sms_with(&orange, "est bien reçu (réparation REP-2611-0042)").await;
+    let text = mail_with(&smtp, "réparation REP-2611-0042 enregistrée");
+    assert!(
+        text.contains("Galaxy A54 (n° de série R58N12345AB)"),
+        "{text}"
+    );
+
+    // ---- 2. Diagnostic by the technician, quote sent and accepted ----
+    let task = api
+        .task(&technicien, "technicien", &repair, "diagnostic")
+        .await;
+    assert_eq!(
+        task["title"],
+        "[Awa K.] Diagnostic REP-2611-0042 : Samsung Galaxy A54"
+    );
+    let d = example("diagnostic.json");
+    api.complete(&technicien, &task, "reparable", d["data"].clone())
+        .await;
+    let quote = mail_with(&smtp, "devis de la réparation REP-2611-0042 (70 800 FCFA)");
+    assert!(quote.contains("Total TTC : 70 800 FCFA"), "{quote}");
+    sms_with(&orange, "70 800 FCFA TTC").await;
+    api.wait_stage(&repair, &admin, "devis").await;
+    let v = api.event(&accueil, example("decision_devis.json")).await;
+    assert_eq!(v["reached"], json!([repair]), "{v}");
+
+    // ---- 3. The part is out of stock: a purchase order, the delivery, the reservation ----
+    let c = api.wait_stage(&repair, &admin, "attente_pieces").await;
+    assert_eq!(c["data"]["statut"], "en_attente", "{c}");
+    let orders = api.cases_of(&admin, "reappro_pieces", 1).await;
+    let order = orders[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(orders[0]["business_key"], "ECR-A54");
+    assert!(
+        mail_with(&smtp, "Rupture : Écran Samsung Galaxy A54 (ECR-A54)")
+            .contains("manque pour la réparation REP-2611-0042")
+    );
+    let task = api.task(&magasin, "magasin", &order, "commande").await;
+    assert_eq!(
+        task["title"],
+        "Rupture : commander Écran Samsung Galaxy A54 (ECR-A54)"
+    );
+    api.complete(
+        &magasin,
+        &task,
+        "commandee",
+        json!({"quantite": 2, "fournisseur": "Pièces Pro Abidjan"}),
+    )
+    .await;
+    let task = api.task(&magasin, "magasin", &order, "reception").await;
+    api.complete(&magasin, &task, "recue", json!({"quantite_recue": 2}))
+        .await;
+    let done = api.output(&order, &admin).await;
+    assert_eq!(done["statut"], "recue", "{done}");
+    assert_eq!(amount(&done["stock"]), "2", "{done}");
+    // The delivery wakes the repair up: it reserves one screen (2 -> 1, under the threshold
+    // of 2), which opens a second purchase order.
+    api.wait_stage(&repair, &admin, "intervention").await;
+    assert_eq!(api.stock(&admin, "ECR-A54").await, "1");
+    let orders = api.cases_of(&admin, "reappro_pieces", 2).await;
+    let second = orders.iter().find(|o| o["id"] != order.as_str()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.task(&magasin, "magasin", &second, "commande").await;
+    assert!(mail_with(&smtp, "Stock bas : Écran Samsung Galaxy A54")
+        .contains("il en reste\n1 (seuil 2)"));
+
+    // ---- 4. Intervention, a failed test, a second intervention, the test passes ----
+    let task = api
+        .task(&technicien, "technicien", &repair, "intervention")
+        .await;
+    api.complete(
+        &technicien,
+        &task,
+        "terminee",
+        json!({"commentaire": "Écran remplacé"}),
+    )
+    .await;
+    let task = api.task(&technicien, "technicien", &repair, "test").await;
+    api.complete(
+        &technicien,
+        &task,
+        "echec",
+        json!({"commentaire": "Tactile inopérant en bas de l'écran"}),
+    )
+    .await;
+    let task = api
+        .task(&technicien, "technicien", &repair, "intervention")
+        .await;
+    assert!(task["instructions"]
+        .as_str()
+        .unwrap()
+        .contains("Le test n° 1 a échoué : Tactile inopérant en bas de l'écran"));
+    api.complete(&technicien, &task, "terminee", json!({}))
+        .await;
+    let task = api.task(&technicien, "technicien", &repair, "test").await;
+    assert_eq!(
+        task["title"],
+        "[Awa K.] Test REP-2611-0042 (essai 2) : Samsung Galaxy A54"
+    );
+    api.complete(&technicien, &task, "reussi", json!({})).await;
+
+    // ---- 5. The invoice (invoicing pack), the ready notice, the pickup ----
+    let fac = format!("FAC-{year}-0001");
+    let c = api.wait_stage(&repair, &admin, "pret").await;
+    assert_eq!(c["data"]["statut"], "terminee", "{c}");
+    mail_with(&smtp, &format!("facture {fac}"));
+    let invoices = api.cases_of(&admin, "facture", 1).await;
+    assert_eq!(invoices[0]["business_key"], "REP-2611-0042");
+    assert_eq!(invoices[0]["parent_id"], repair.as_str());
+    api.cases_of(&admin, "suivi_facture", 1).await;
+    sms_with(&orange, &format!("facture {fac} : 70 800 FCFA")).await;
+    let ready = mail_with(&smtp, "votre Samsung Galaxy A54 est prêt");
+    assert!(
+        ready.contains(&format!("La facture {fac} (70 800 FCFA TTC)")),
+        "{ready}"
+    );
+    let v = api.event(&accueil, example("appareil_retire.json")).await;
+    assert_eq!(v["reached"], json!([repair]), "{v}");
+    let c = api.wait_stage(&repair, &admin, "garantie").await;
+    let steps: Vec<&str> = c["data"]["suivi"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["etape"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "reception",
+            "diagnostic",
+            "devis",
+            "attente_pieces",
+            "intervention",
+            "test",
+            "intervention",
+            "test",
+            "pret",
+            "retire"
+        ],
+        "{c}"
+    );
+    assert_eq!(c["data"]["essais"], 2, "{c}");
+
+    // ---- 6. A warranty claim opens a warranty repair; it is then cancelled ----
+    let v = api
+        .event(&accueil, example("reclamation_garantie.json"))
+        .await;
+    assert_eq!(v["reached"], json!([repair]), "{v}");
+    sms_with(&orange, "Réparation REP-2611-0042-G1 ouverte").await;
+    let repairs = api.cases_of(&admin, "reparation", 2).await;
+    let warranty = repairs
+        .iter()
+        .find(|r| r["business_key"] == "REP-2611-0042-G1")
+        .expect("the warranty repair")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = api.wait_stage(&warranty, &admin, "diagnostic").await;
+    assert_eq!(c["data"]["garantie"], true, "{c}");
+    let tickets = till.received(2);
+    assert_eq!(tickets.len(), 2);
+    // The text is printed in code page PC858: ASCII needles only.
+    assert!(
+        contains(&tickets[1], b"REP-2611-0042-G1"),
+        "the warranty repair's number"
+    );
+    assert!(
+        contains(&tickets[1], b"sous garantie (REP-2611-0042)"),
+        "the warranty mention"
+    );
+    assert!(contains(&tickets[1], format!("{suivi}-G1").as_bytes()));
+    api.task(&technicien, "technicien", &warranty, "diagnostic")
+        .await;
+    let v = api.event(&accueil, example("annulation.json")).await;
+    assert_eq!(v["reached"], json!([warranty]), "{v}");
+    let done = api.output(&warranty, &admin).await;
+    assert_eq!(done["statut"], "annulee", "{done}");
+    assert_eq!(done["motif"], "appareil récupéré par le client", "{done}");
+    sms_with(&orange, "la réparation REP-2611-0042-G1 est annulée").await;
+    let tasks = api.get("/api/v1/tasks?role=technicien", &technicien).await;
+    assert!(tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["instance_id"] != warranty.as_str() || t["status"] != "open"));
+
+    // ---- 7. The stock through the ledger API, and every history replays ----
+    let list = api
+        .get("/api/v1/ledger/accounts?prefix=stock/", &admin)
+        .await;
+    assert_eq!(list["count"], 1, "{list}");
+    assert_eq!(api.stock(&admin, "ECR-A54").await, "1");
+    let c = api
+        .get(&format!("/api/v1/instances/{repair}"), &admin)
+        .await;
+    assert_eq!(c["status"], "waiting", "{c}");
+    assert_eq!(c["data"]["statut"], "terminee", "{c}");
+    let all = api.get("/api/v1/instances", &admin).await;
+    let ids: Vec<String> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    // Two repairs, two purchase orders, the invoice and its follow-up.
+    assert_eq!(ids.len(), 6, "{all}");
+    for c in &ids {
+        let (s, report) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/instances/{c}/replay"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{report}");
+        assert_eq!(report["chain"]["intact"], true, "{c}: {report}");
+        assert_eq!(report["replay"]["identical"], true, "{c}: {report}");
+    }
+}
