@@ -276,6 +276,8 @@ pub const LEDGER_CONNECTOR: &str = "dossier.ledger";
 pub const EVENTS_CONNECTOR: &str = "dossier.events";
 /// The internal connector of `unique_id` steps (random identifiers made unique by the store).
 pub const IDS_CONNECTOR: &str = "dossier.ids";
+/// The most postings one `ledger` step may make (a `for_each` over a long list is a mistake).
+const MAX_POSTINGS: usize = 1000;
 
 #[derive(Debug, Clone)]
 enum Ending {
@@ -1885,33 +1887,29 @@ impl CaseState {
         let step = &tx.prog.node(node_id).step;
         let specs = step.ledger.as_ref().expect("a ledger step has postings");
         let mut postings = Vec::with_capacity(specs.len());
-        for (i, p) in specs.iter().enumerate() {
-            let n = i + 1;
-            let account = match self.eval(tx, &p.account.0)? {
-                Value::String(s) if !s.trim().is_empty() && s.len() <= 200 => s.trim().to_string(),
-                other => {
-                    return Err(StepError::fatal(format!(
-                        "posting {n}: the account must be a non-empty text of at most 200 characters, not {other}"
-                    )))
+        for p in specs {
+            match (&p.for_each, &p.item) {
+                (Some(list), Some(item)) => {
+                    let elements = match self.eval(tx, &list.0)? {
+                        Value::Array(a) => a,
+                        other => {
+                            return Err(StepError::fatal(format!(
+                                "the `for_each` of a posting must give a list, not {other}"
+                            )))
+                        }
+                    };
+                    for element in elements {
+                        let bound = Some((item.as_str(), element));
+                        postings.push(self.posting(tx, p, postings.len() + 1, &bound)?);
+                    }
                 }
-            };
-            let quantity = |what: &str, v: Value| match &v {
-                Value::Number(num) => Ok(num.to_string()),
-                _ => Err(StepError::fatal(format!(
-                    "posting {n} on `{account}`: the {what} must be a number, not {v}"
-                ))),
-            };
-            let amount = quantity("amount", self.eval(tx, &p.amount.0)?)?;
-            let min = match &p.min {
-                Some(e) if e.0.trim() == dossier_model::PostingSpec::NO_BOUND => Value::Null,
-                Some(e) => Value::String(quantity("lower bound (min)", self.eval(tx, &e.0)?)?),
-                None => Value::String("0".to_string()),
-            };
-            let max = match &p.max {
-                Some(e) => Value::String(quantity("upper bound (max)", self.eval(tx, &e.0)?)?),
-                None => Value::Null,
-            };
-            postings.push(json!({"account": account, "amount": amount, "min": min, "max": max}));
+                _ => postings.push(self.posting(tx, p, postings.len() + 1, &None)?),
+            }
+            if postings.len() > MAX_POSTINGS {
+                return Err(StepError::fatal(format!(
+                    "more than {MAX_POSTINGS} postings in one ledger step"
+                )));
+            }
         }
         let call = EffectCall {
             connector: LEDGER_CONNECTOR.to_string(),
@@ -1921,6 +1919,55 @@ impl CaseState {
         };
         self.request_effect(tx, tid, node_id, call);
         Ok(())
+    }
+
+    /// One posting's account, amount and bounds as exact decimal texts; `bound` is the
+    /// element of a `for_each` posting and its name.
+    fn posting(
+        &self,
+        tx: &Tx,
+        p: &dossier_model::PostingSpec,
+        n: usize,
+        bound: &Option<(&str, Value)>,
+    ) -> Result<Value, StepError> {
+        let eval = |source: &str| -> Result<Value, StepError> {
+            match bound {
+                Some((name, value)) => {
+                    let (expr, mut scope) = self.prepared(tx, source)?;
+                    scope.insert(name.to_string(), value.clone());
+                    tx.prog
+                        .rules
+                        .eval_expr(&expr, &scope, &tx.ctx())
+                        .map_err(|e| StepError::fatal(e.to_string()))
+                }
+                None => self.eval(tx, source),
+            }
+        };
+        let account = match eval(&p.account.0)? {
+            Value::String(s) if !s.trim().is_empty() && s.len() <= 200 => s.trim().to_string(),
+            other => {
+                return Err(StepError::fatal(format!(
+                    "posting {n}: the account must be a non-empty text of at most 200 characters, not {other}"
+                )))
+            }
+        };
+        let quantity = |what: &str, v: Value| match &v {
+            Value::Number(num) => Ok(num.to_string()),
+            _ => Err(StepError::fatal(format!(
+                "posting {n} on `{account}`: the {what} must be a number, not {v}"
+            ))),
+        };
+        let amount = quantity("amount", eval(&p.amount.0)?)?;
+        let min = match &p.min {
+            Some(e) if e.0.trim() == dossier_model::PostingSpec::NO_BOUND => Value::Null,
+            Some(e) => Value::String(quantity("lower bound (min)", eval(&e.0)?)?),
+            None => Value::String("0".to_string()),
+        };
+        let max = match &p.max {
+            Some(e) => Value::String(quantity("upper bound (max)", eval(&e.0)?)?),
+            None => Value::Null,
+        };
+        Ok(json!({"account": account, "amount": amount, "min": min, "max": max}))
     }
 
     /// A new identifier: the pattern is computed here, the random part drawn by the runtime

@@ -1234,6 +1234,33 @@ impl<'a> Checker<'a> {
         }
         for (i, p) in postings.iter().enumerate() {
             let pp = format!("{lp}[{i}]");
+            let bound = match (&p.for_each, &p.item) {
+                (Some(list), Some(item)) => {
+                    self.check_expr(&format!("{pp}.for_each"), list.as_str(), ExprContext::Case);
+                    self.check_variable_name(&format!("{pp}.as"), item, true);
+                    Some(item.clone())
+                }
+                (Some(_), None) => {
+                    self.error(
+                        self.key(&format!("{pp}.for_each")),
+                        "`for_each` needs `as`: the name of the element in the posting",
+                        "add `as: occurrence` and use `occurrence` in `account` and `amount`",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    self.error(
+                        self.key(&format!("{pp}.as")),
+                        "`as` names the element of a `for_each` list, and this posting has none",
+                        "add `for_each: <a list>` or remove `as`",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            if let Some(item) = &bound {
+                self.scope.push(item.clone());
+            }
             self.check_expr(
                 &format!("{pp}.account"),
                 p.account.as_str(),
@@ -1251,6 +1278,9 @@ impl<'a> Checker<'a> {
             }
             if let Some(m) = &p.max {
                 self.check_expr(&format!("{pp}.max"), m.as_str(), ExprContext::Case);
+            }
+            if bound.is_some() {
+                self.scope.pop();
             }
         }
     }

@@ -405,6 +405,14 @@ pub struct PostingSpec {
     /// The highest balance the account may reach (a capacity, the uses of a promo code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Expr>,
+    /// One posting per element of this list (an expression): the places of each occurrence
+    /// of a recurring booking, each part of a repair. The element is the variable named by
+    /// `as` in `account`, `amount`, `min` and `max`; all the postings still apply all or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Expr>,
+    /// The variable holding the element, with `for_each`.
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 impl PostingSpec {

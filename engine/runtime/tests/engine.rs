@@ -366,6 +366,32 @@ output:
   atteints: 'if refuse { 0 } else { envoi.reached.len() }'
 "#;
 
+const PLACES: &str = r#"
+id: places
+version: 1
+title: Places d'une série de créneaux
+input:
+  creneaux: { type: list, items: { type: text } }
+steps:
+  - id: depart
+    assign: { refuse: "false" }
+  - id: reserver
+    ledger:
+      - for_each: input.creneaux
+        as: creneau
+        account: '"places/" + creneau'
+        amount: 1
+        max: 2
+    result: reservation
+    on_error: complet
+    next: end
+  - id: complet
+    assign: { refuse: "true" }
+output:
+  refuse: refuse
+  postes: 'if refuse { 0 } else { reservation.postings.len() }'
+"#;
+
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -387,6 +413,7 @@ fn project() -> (tempfile::TempDir, Arc<Project>) {
         ("parent_errone", PARENT_ERRONE),
         ("facture", FACTURE),
         ("credits", CREDITS),
+        ("places", PLACES),
     ] {
         write(root, &format!("workflows/{name}.yaml"), text);
     }
@@ -1177,6 +1204,26 @@ fn ledger_postings_hold_their_bounds_and_emit_reaches_the_waiting_case(db: &Db) 
         let spent = n.engine.run_case("credits", credits(1, "F-1")).await.unwrap();
         assert_eq!(spent.output["atteints"], json!(1));
         wait_status(&n.engine, &waiting, "completed").await;
+
+        // One posting per element of a list, all or none: the third series finds `b` full and
+        // takes no place in `a` either.
+        let series = |c: &[&str]| json!({ "creneaux": c });
+        for _ in 0..2 {
+            let done = n.engine.run_case("places", series(&["a", "b"])).await.unwrap();
+            assert_eq!(done.output["postes"], json!(2));
+        }
+        let one = n.engine.run_case("places", series(&["c"])).await.unwrap();
+        assert_eq!(one.output["postes"], json!(1));
+        let full = n.engine.run_case("places", series(&["c", "b"])).await.unwrap();
+        assert_eq!(full.output["refuse"], json!(true));
+        assert_eq!(
+            balances(n.engine.store().ledger_accounts("places/").await.unwrap()),
+            vec![
+                ("places/a".to_string(), "2".to_string()),
+                ("places/b".to_string(), "2".to_string()),
+                ("places/c".to_string(), "1".to_string()),
+            ]
+        );
         check_all_cases(&n.engine, std::slice::from_ref(&n.sms)).await;
     });
 }
