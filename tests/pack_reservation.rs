@@ -545,6 +545,17 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         )
         .await;
     assert_eq!(postings["consistent"], true, "{postings}");
+    // One posting per place moved, no padding: three holds, two releases, two promotions, and
+    // no zero-amount line (the `for_each` postings follow the occurrences actually booked).
+    let amounts: Vec<f64> = postings["items"]
+        .as_array()
+        .expect("the journal's items")
+        .iter()
+        .map(|p| num(&p["amount"]))
+        .collect();
+    assert_eq!(amounts.len(), 7, "{postings}");
+    assert!(amounts.iter().all(|a| *a == 1.0 || *a == -1.0), "{postings}");
+    assert_eq!(amounts.iter().sum::<f64>(), 3.0, "{postings}");
 
     // ---- 5. Every history replays as it was recorded ----
     for c in &cases {
