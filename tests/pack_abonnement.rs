@@ -4,8 +4,11 @@
 //! its follow-up (`suivi_facture`) starting as a case of its own; the payment event reaches both
 //! the follow-up and the subscription, which waits for it itself; the member moves up a level
 //! mid-period (the prorated supplement is invoiced through the `facture_demandee` event, the
-//! change confirmed by email), a simulation prices a change without doing anything, the member
-//! terminates. A second member terminates while the period's invoice is unpaid: the invoice's
+//! change confirmed by email), then moves back down the same day: a credit note (`avoir`
+//! workflow) cites the period's invoice with the prorated line; that invoice being settled, the
+//! credit note waits for accounting's decision (refund), and the subscription with it; the
+//! confirmation says the amount is refunded. A simulation prices a change without doing
+//! anything, the member terminates. A second member terminates while the period's invoice is unpaid: the invoice's
 //! follow-up goes on and takes the later payment. Every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
@@ -32,13 +35,16 @@ fn project(dir: &Path, smtp_port: u16, server_port: u16) -> PathBuf {
         "workflows/simulation_changement_formule.yaml",
         "workflows/facture.yaml",
         "workflows/suivi_facture.yaml",
+        "workflows/avoir.yaml",
+        "workflows/certification_facture_fne.yaml",
         "rules/abonnements.rhai",
         "rules/penalites.rhai",
         "rules/facturation.rhai",
+        "rules/ismail.rhai",
     ] {
         std::fs::copy(repo.join(file), root.join(file)).unwrap();
     }
-    for sub in ["abonnements", "factures"] {
+    for sub in ["abonnements", "factures", "ismail"] {
         support::copy_tree(
             &repo.join("templates").join(sub),
             &root.join("templates").join(sub),
@@ -66,6 +72,15 @@ connectors:
   imprimante:
     type: printer
     ipp_url: ipp://localhost:9/ipp/print
+  caisse:
+    type: printer
+    escpos: {{ host: 127.0.0.1, port: 9, width: 48 }}
+  fne:
+    type: fiscal
+    api_url: http://127.0.0.1:9/ws
+    api_key_env: DOSSIER_FNE_API_KEY
+    point_of_sale: CAISSE_1
+    establishment: SIEGE
 "#
     );
     std::fs::write(root.join("dossier.yaml"), config).unwrap();
@@ -75,6 +90,7 @@ connectors:
 fn secrets(cmd: &mut Command) -> &mut Command {
     cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
         .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
+        .env("DOSSIER_FNE_API_KEY", "cle-fne")
 }
 
 struct Server(Child);
@@ -234,6 +250,44 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The open task of `case` in the inbox of `role`, once it exists.
+    async fn task_of(&self, key: &str, role: &str, case: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
+            if let Some(t) = tasks["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["instance_id"] == case && t["status"] == "open")
+            {
+                return t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no open {role} task for {case}: {tasks}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The balance of a ledger account, as exact decimal text (`201.6`).
+    async fn balance(&self, key: &str, account: &str) -> String {
+        let v = self
+            .get(&format!("/api/v1/ledger/accounts?prefix={account}"), key)
+            .await;
+        let item = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["account"] == account)
+            .unwrap_or_else(|| panic!("no account {account}: {v}"))
+            .clone();
+        dec(&item["balance"])
+    }
+}
+
 /// The events of one kind in a case history.
 fn of_kind<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["kind"] == kind).collect()
@@ -241,7 +295,10 @@ fn of_kind<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// A JSON number's decimal text without trailing zeros (`182.50` -> `182.5`).
 fn dec(v: &Value) -> String {
-    let t = v.to_string();
+    let t = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     if t.contains('.') {
         t.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
@@ -336,7 +393,6 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         client: reqwest::Client::new(),
     };
     let now = chrono::Utc::now();
-    let year = now.format("%Y").to_string();
     let today = now.format("%Y-%m-%d").to_string();
 
     // ---- Subscription: Hot Desk by the month from today, 290 € HT (occupancy 50 %) ----
@@ -358,21 +414,28 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
             }),
         )
         .await;
-    // The invoicing pack issues the first invoice of the year and emails it with its PDF.
-    let first = format!("FAC-{year}-0001");
-    let sent = mails(&smtp, 1);
-    assert!(sent[0].0.contains(&first), "{:?}", sent[0]);
-    assert!(sent[0].0.contains("348,00 €"), "{:?}", sent[0]);
-    assert_eq!(sent[0].2, [format!("{first}.pdf")]);
-    // `facture` hands back the number once the invoice is sent; its follow-up is a case of its
-    // own (not a child), and the subscription waits for the payment itself.
+    // The invoicing pack issues the period's invoice and emails it with its PDF. `facture` hands
+    // back the number once the invoice is sent (read from the answers: its shape belongs to the
+    // invoicing pack); its follow-up is a case of its own (not a child), and the subscription
+    // waits for the payment itself.
     api.wait_awaiting(&abonnement, &admin, "paiement_recu", 1)
         .await;
     let invoices = api.get("/api/v1/instances?workflow=facture", &admin).await;
     let invoice = invoices["items"][0]["id"].as_str().unwrap().to_string();
     let issued = api.wait_status(&invoice, &admin, "completed").await;
-    assert_eq!(issued["data"]["numero"]["number"], first.as_str(), "{issued}");
+    let first = issued["data"]["numero"]["number"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the invoice's number: {issued}"))
+        .to_string();
     assert_eq!(issued["data"]["statut"], "envoyee", "{issued}");
+    let running = api
+        .get(&format!("/api/v1/instances/{abonnement}"), &admin)
+        .await;
+    assert_eq!(running["data"]["facture_periode"]["facture"], first.as_str(), "{running}");
+    let sent = mails(&smtp, 1);
+    assert!(sent[0].0.contains(&first), "{:?}", sent[0]);
+    assert!(sent[0].0.contains("348,00 €"), "{:?}", sent[0]);
+    assert_eq!(sent[0].2, [format!("{first}.pdf")]);
     let follow_up = api.case_of(&admin, "suivi_facture", &first).await;
     api.wait_awaiting(&follow_up, &admin, "paiement_recu", 1)
         .await;
@@ -423,7 +486,17 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     api.wait_awaiting(&abonnement, &admin, "changement_formule", 2)
         .await;
     let sent = mails(&smtp, 3);
-    let second = format!("FAC-{year}-0002");
+    let supplement_case = api
+        .case_of(&admin, "facture", "ABO-E2E-0001-C1")
+        .await;
+    let supplement_issued = api
+        .wait_status(&supplement_case, &admin, "completed")
+        .await;
+    let second = supplement_issued["data"]["numero"]["number"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the supplement's number: {supplement_issued}"))
+        .to_string();
+    assert_ne!(second, first);
     let supplement = sent
         .iter()
         .find(|m| m.0.contains(&second))
@@ -438,6 +511,82 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         "{confirmation:?}"
     );
     // The supplement's invoice is a case of its own, started by the `facture_demandee` event.
+    let factures = api.get("/api/v1/instances?workflow=facture", &admin).await;
+    assert_eq!(factures["items"].as_array().unwrap().len(), 2, "{factures}");
+
+    // ---- Back down to Hot Desk the same day: a credit note on the period's invoice ----
+    // Hot Desk at 80 % occupancy: 290 € + 5 % = 304.50 € HT; the whole period is exchanged:
+    // credit 472.50, new level 304.50, in the member's favour 168.00 € HT (201.60 € TTC). The
+    // period's invoice (290 € HT) can take it: the credit note cites it, with that line.
+    let changed = api
+        .event(
+            &system,
+            "changement_formule",
+            json!({"abonnement": "ABO-E2E-0001", "niveau": "hot_desk"}),
+        )
+        .await;
+    assert_eq!(changed["reached"], json!([abonnement]), "{changed}");
+    // The credit note is a child case of the subscription, keyed by the invoice it corrects.
+    let avoir = api.case_of(&admin, "avoir", &first).await;
+    let credit_case = api.get(&format!("/api/v1/instances/{avoir}"), &admin).await;
+    assert_eq!(credit_case["parent_id"], json!(abonnement), "{credit_case}");
+    // The invoice is settled (its follow-up closed): no follow-up takes the credit note, which
+    // waits for accounting's decision, and the subscription waits for the credit note.
+    let task = api.task_of(&admin, "comptabilite", &avoir).await;
+    let credit_data = api.get(&format!("/api/v1/instances/{avoir}"), &admin).await["data"].clone();
+    let numero_avoir = credit_data["numero"]["number"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the credit note's number: {credit_data}"))
+        .to_string();
+    // It cites the period's invoice (its number, and its date: checked against the ledger by
+    // the credit note's own control) with the prorated line.
+    assert!(task["title"].as_str().unwrap().contains(&first), "{task}");
+    assert!(!credit_data["controle"].is_null(), "{credit_data}");
+    let ligne = &credit_data["totaux"]["lignes"][0];
+    assert_eq!(dec(&ligne["prix_unitaire"]), "168", "{credit_data}");
+    assert_eq!(dec(&ligne["quantite"]), "1", "{credit_data}");
+    assert_eq!(dec(&credit_data["totaux"]["total_ttc"]), "201.6", "{credit_data}");
+    // The credit note went to the member with its PDF, and is posted on the invoice.
+    let sent = mails(&smtp, 4);
+    let note = sent
+        .iter()
+        .find(|m| m.0.contains(&numero_avoir))
+        .unwrap_or_else(|| panic!("the credit note's email: {sent:?}"));
+    assert!(note.0.contains(&first), "{note:?}");
+    assert_eq!(note.2, [format!("{numero_avoir}.pdf")]);
+    assert_eq!(
+        api.balance(&admin, &format!("factures/{first}/avoirs")).await,
+        "201.6"
+    );
+    let (s, done) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+            &admin,
+            Some(json!({"outcome": "rembourse", "data": {"commentaire": "virement du jour"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{done}");
+    let refunded = api.wait_status(&avoir, &admin, "completed").await;
+    assert_eq!(refunded["data"]["statut"], "rembourse", "{refunded}");
+    api.wait_awaiting(&abonnement, &admin, "changement_formule", 3)
+        .await;
+    let sent = mails(&smtp, 5);
+    let confirmation = sent
+        .iter()
+        .find(|m| m.0.contains("passe en Hot Desk"))
+        .unwrap_or_else(|| panic!("the downgrade's confirmation: {sent:?}"));
+    assert!(
+        confirmation.1.contains("en votre faveur : 168,00 € HT."),
+        "{confirmation:?}"
+    );
+    assert!(
+        confirmation.1.contains(&format!(
+            "L'avoir {numero_avoir} sur la facture {first} vous est envoyé séparément ; son montant vous est remboursé."
+        )),
+        "{confirmation:?}"
+    );
+    // No other invoice: the credit is not netted into any price.
     let factures = api.get("/api/v1/instances?workflow=facture", &admin).await;
     assert_eq!(factures["items"].as_array().unwrap().len(), 2, "{factures}");
 
@@ -479,7 +628,7 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         of_kind(&api.history(&simulation, &admin).await, "effect_requested").is_empty(),
         "a simulation has no effect"
     );
-    assert_eq!(smtp.messages().len(), 3, "nothing sent by the simulation");
+    assert_eq!(smtp.messages().len(), 5, "nothing sent by the simulation");
 
     // ---- Termination at the member's request: access until the end of the paid period ----
     api.event(
@@ -493,12 +642,18 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     let data = &ended["data"];
     assert_eq!(data["statut"], "resilie", "{ended}");
     assert_eq!(data["motif_fin"], "demande_membre");
-    assert_eq!(data["niveau"], "bureau_dedie");
+    assert_eq!(data["niveau"], "hot_desk");
     assert_eq!(data["factures"], json!([first]));
     assert_eq!(data["date_fin_acces"], data["periode"]["dernier_jour"]);
     assert_eq!(data["historique"][0]["vers"], "bureau_dedie");
     assert_eq!(dec(&data["historique"][0]["solde"]), "182.5");
-    let sent = mails(&smtp, 4);
+    assert_eq!(data["historique"][1]["vers"], "hot_desk");
+    assert_eq!(dec(&data["historique"][1]["solde"]), "-168");
+    assert_eq!(data["avoirs"][0]["avoir"], numero_avoir.as_str(), "{ended}");
+    assert_eq!(data["avoirs"][0]["facture"], first.as_str(), "{ended}");
+    assert_eq!(data["avoirs"][0]["statut"], "rembourse", "{ended}");
+    assert_eq!(dec(&data["avoirs"][0]["montant_ttc"]), "201.6", "{ended}");
+    let sent = mails(&smtp, 6);
     assert!(
         sent.iter()
             .any(|m| m.0.contains("résiliation de votre abonnement ABO-E2E-0001")),
@@ -523,10 +678,15 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
             }),
         )
         .await;
-    let third = format!("FAC-{year}-0003");
-    let sent = mails(&smtp, 5);
-    assert!(sent.iter().any(|m| m.0.contains(&third)), "{sent:?}");
     api.wait_awaiting(&unpaid, &admin, "paiement_recu", 1).await;
+    let pending = api.get(&format!("/api/v1/instances/{unpaid}"), &admin).await;
+    let third = pending["data"]["facture_periode"]["facture"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the second member's invoice: {pending}"))
+        .to_string();
+    assert!(third != first && third != second, "{third}");
+    let sent = mails(&smtp, 7);
+    assert!(sent.iter().any(|m| m.0.contains(&third)), "{sent:?}");
     let third_follow_up = api.case_of(&admin, "suivi_facture", &third).await;
     api.wait_awaiting(&third_follow_up, &admin, "paiement_recu", 1)
         .await;
@@ -543,7 +703,7 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     assert_eq!(ended["data"]["motif_fin"], "demande_membre", "{ended}");
     // Not paid: the access closes the same day.
     assert_eq!(ended["data"]["date_fin_acces"], today.as_str(), "{ended}");
-    mails(&smtp, 6);
+    mails(&smtp, 8);
     // The invoice stays due: its follow-up was not cancelled with the subscription, and the
     // later payment reaches it alone.
     let still = api
@@ -569,8 +729,9 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
-    // Two subscriptions, three invoices and their three follow-ups, the simulation.
-    assert_eq!(ids.len(), 9, "{all}");
+    // Two subscriptions, three invoices and their three follow-ups, the credit note, the
+    // simulation.
+    assert_eq!(ids.len(), 10, "{all}");
     for c in &ids {
         let (s, report) = api
             .call(

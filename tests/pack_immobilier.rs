@@ -5,8 +5,9 @@
 //! rescheduled (same UID, SEQUENCE raised, an updated `.ics`), then cancelled (STATUS:CANCELLED,
 //! METHOD:CANCEL); a visit that already took place gets its report, which reaches the lead's
 //! journal; a lease is generated as a PDF contract from the property's and parties' data, signed
-//! by both parties (events), invoiced at entry through the invoicing pack, converts the lead, and
-//! waits for its first monthly rent call. Every history replays.
+//! by both parties (events), invoiced at entry through the invoicing pack (the invoice certified
+//! by the FNE, a stub of the DGI's API, before it is emailed with the FNE reference), converts
+//! the lead, and waits for its first monthly rent call. Every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -38,8 +39,38 @@ fn orange(hit: &Hit, n: usize) -> (u16, String) {
     (201, req.to_string())
 }
 
+/// The FNE (DGI): signs every invoice, the n-th request as `2400123A26<n>`, its lines as items
+/// `item-<n>-<i>`, plenty of stickers left.
+fn fne(hit: &Hit, n: usize) -> (u16, String) {
+    if hit.path != "/ws/external/invoices/sign" {
+        return (404, r#"{"message":"Not found"}"#.into());
+    }
+    let body = hit.json();
+    let items: Vec<Value> = body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            json!({"id": format!("item-{n}-{i}"), "reference": it["reference"],
+                   "description": it["description"], "quantity": it["quantity"]})
+        })
+        .collect();
+    let answer = json!({
+        "ncc": "2400123A",
+        "reference": format!("2400123A26{n:09}"),
+        "token": format!("http://fne.stub/fr/verification/{n}"),
+        "warning": false,
+        "balance_sticker": 99,
+        "invoice": {"id": format!("inv-{n}"), "date": chrono::Utc::now().to_rfc3339(),
+                    "status": "paid", "items": items}
+    });
+    (200, answer.to_string())
+}
+
 /// The pack's files copied into `dir`, with a `dossier.yaml` pointing at this test's servers.
-fn project(dir: &Path, smtp: u16, agenda: &str, sms: &str, server: u16) -> PathBuf {
+fn project(dir: &Path, smtp: u16, agenda: &str, sms: &str, fne: &str, server: u16) -> PathBuf {
     let root = dir.join("immobilier");
     let repo = support::repo_root();
     for sub in ["workflows", "rules", "templates"] {
@@ -50,13 +81,16 @@ fn project(dir: &Path, smtp: u16, agenda: &str, sms: &str, server: u16) -> PathB
         "workflows/visite_bien.yaml",
         "workflows/bail_location.yaml",
         "workflows/facture.yaml",
+        // Une facture ivoirienne est certifiée par la FNE avant l'envoi.
+        "workflows/certification_facture_fne.yaml",
         "workflows/suivi_facture.yaml",
         "rules/immobilier.rhai",
         "rules/facturation.rhai",
+        "rules/ismail.rhai",
     ] {
         std::fs::copy(repo.join(file), root.join(file)).unwrap();
     }
-    for sub in ["immobilier", "factures"] {
+    for sub in ["immobilier", "factures", "ismail"] {
         support::copy_tree(
             &repo.join("templates").join(sub),
             &root.join("templates").join(sub),
@@ -89,6 +123,18 @@ connectors:
     url: {agenda}/dossier/agenda/
     username: dossier
     password_env: DOSSIER_AGENDA_PASSWORD
+  # La facture ivoirienne est certifiée par la FNE avant l'envoi ; sans ticket de caisse (la
+  # facture part par courriel), le connecteur doit exister pour certification_facture_fne.
+  fne:
+    type: fiscal
+    api_url: http://{fne}/ws
+    api_key_env: DOSSIER_FNE_API_KEY
+    point_of_sale: AGENCE_1
+    establishment: PLATEAU
+    timeout_seconds: 20
+  caisse:
+    type: printer
+    escpos: {{ host: 127.0.0.1, port: 9, width: 48 }}
 "#
     );
     std::fs::write(root.join("dossier.yaml"), config).unwrap();
@@ -99,6 +145,7 @@ fn secrets(cmd: &mut Command) -> &mut Command {
     cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
         .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
         .env("DOSSIER_AGENDA_PASSWORD", AGENDA_PASSWORD)
+        .env("DOSSIER_FNE_API_KEY", "cle-fne")
 }
 
 struct Server(Child);
@@ -372,6 +419,11 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         reply(status, body)
     })
     .await;
+    let fne_stub = Stub::start(|hit, before| {
+        let (status, body) = fne(hit, before.len());
+        reply(status, body)
+    })
+    .await;
     let server_port = support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let root = project(
@@ -379,6 +431,7 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         smtp.port,
         &radicale.base,
         &sms_stub.addr.to_string(),
+        &fne_stub.addr.to_string(),
         server_port,
     );
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
@@ -637,16 +690,37 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     // The lease waits for the first monthly rent call, after its entry invoice.
     api.wait_step(&bail, &admin, "prochain_appel", 1).await;
     let c = api.wait_status(&bail, &admin, "waiting").await;
-    let facture = format!("FAC-{year}-0001");
+    let facture = format!("FAC-CI-{year}-0001");
     assert_eq!(c["data"]["statut"], "en_cours", "{c}");
     assert_eq!(c["data"]["factures"], json!([facture]), "{c}");
     assert_eq!(c["data"]["facture_entree"]["devise"], "XOF", "{c}");
+    // The entry invoice was certified by the FNE (one signature, a private tenant: B2C, its three
+    // lines exempt by law) before it was emailed.
+    let entree = &c["data"]["facture_entree"];
+    assert_eq!(entree["statut"], "envoyee", "{c}");
+    assert_eq!(entree["fne"]["statut"], "certifiee", "{c}");
+    assert_eq!(entree["fne"]["reference"], "2400123A26000000000", "{c}");
+    assert_eq!(entree["fne"]["invoice_id"], "inv-0", "{c}");
+    let hits = fne_stub.hits();
+    assert_eq!(hits.len(), 1, "one signature: {hits:?}");
+    assert_eq!(hits[0].path, "/ws/external/invoices/sign");
+    assert_eq!(hits[0].header("authorization"), "Bearer cle-fne");
+    let body = hits[0].json();
+    assert_eq!(body["template"], "B2C", "{body}");
+    assert_eq!(body["clientCompanyName"], "Awa Traoré", "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{body}");
+    assert!(items.iter().all(|it| it["taxes"] == json!(["TVAD"])), "{body}");
     let sent = mails(&smtp, 9);
     let invoice = &sent[8];
     assert!(invoice.subject.contains(&facture), "{}", invoice.subject);
     assert_eq!(invoice.files[0].0, format!("{facture}.pdf"));
     let text = pdf_extract::extract_text_from_mem(&invoice.files[0].2).unwrap();
     assert!(text.contains("Dépôt de garantie (2 mois de loyer)"), "{text}");
+    assert!(
+        text.contains("Facture normalisée (FNE) n° 2400123A26000000000"),
+        "the FNE reference on the PDF: {text}"
+    );
     // The lead is converted by the signature.
     let lead = api.wait_status(&prospect, &admin, "completed").await;
     assert_eq!(lead["data"]["statut"], "converti", "{lead}");
@@ -662,7 +736,14 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     // Every case of the pack replays as it was recorded (the invoice's too).
     let factures = api.get("/api/v1/instances?workflow=facture", &admin).await;
     let invoice_case = factures["items"][0]["id"].as_str().unwrap().to_string();
-    for c in [&prospect, &visite, &visite2, &bail, &invoice_case] {
+    let certifications = api
+        .get("/api/v1/instances?workflow=certification_facture_fne", &admin)
+        .await;
+    assert_eq!(certifications["items"].as_array().unwrap().len(), 1, "{certifications}");
+    assert_eq!(certifications["items"][0]["business_key"], facture.as_str(), "{certifications}");
+    assert_eq!(certifications["items"][0]["parent_id"], invoice_case.as_str(), "{certifications}");
+    let certification_case = certifications["items"][0]["id"].as_str().unwrap().to_string();
+    for c in [&prospect, &visite, &visite2, &bail, &invoice_case, &certification_case] {
         let (s, report) = api
             .call(
                 reqwest::Method::POST,

@@ -6,7 +6,10 @@
 //! its workflows) with a `dossier.yaml` pointed at servers on loopback: the real IPP printer
 //! simulator and SMTP server, a TCP sink for the ESC/POS printer, and stubs for the FNE, Orange
 //! and the filing gateway. Checks what each server received, the ledger through the outputs,
-//! and that every history replays.
+//! and that every history replays. Also: a Côte d'Ivoire invoice issued by `facture`, certified
+//! by the FNE before it is emailed (reference and QR code on the PDF, low-sticker alert to the
+//! accountants), and an FNE that answers 500 after certifying: the retry finds the first
+//! certification and never signs twice. Money is compared as exact decimal text.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -23,6 +26,7 @@ use support::{reply, Hit, Stub};
 const RECEIPT_TOKEN: &str = "jeton-accuses-0123456789";
 
 const WORKFLOWS: &[&str] = &[
+    "facture",
     "certification_facture_fne",
     "declaration_tva_mensuelle",
     "achat_credits",
@@ -32,16 +36,17 @@ const WORKFLOWS: &[&str] = &[
     "commissions_mensuelles",
 ];
 
-async fn stub(answer: fn(&Hit, usize) -> (u16, String)) -> Stub {
+async fn stub(answer: fn(&Hit, &[Hit]) -> (u16, String)) -> Stub {
     Stub::start(move |hit, before| {
-        let (status, body) = answer(hit, before.len());
+        let (status, body) = answer(hit, before);
         reply(status, body)
     })
     .await
 }
 
 /// Orange: the token endpoint, then the send endpoint.
-fn orange(hit: &Hit, n: usize) -> (u16, String) {
+fn orange(hit: &Hit, before: &[Hit]) -> (u16, String) {
+    let n = before.len();
     if hit.path == "/oauth/v3/token" {
         return (
             200,
@@ -55,28 +60,63 @@ fn orange(hit: &Hit, n: usize) -> (u16, String) {
     (201, req.to_string())
 }
 
-/// The FNE: certifies every invoice (`inv-<n>`, items `item-<n>-<i>`) and every credit note,
-/// all dated 21 November 2026 (the VAT period 2026-11).
-fn fne(hit: &Hit, n: usize) -> (u16, String) {
+/// The client whose certification the FNE signs but answers with a 500 (integrators report it).
+const CLIENT_EN_PANNE: &str = "Client Panne FNE";
+
+/// What the FNE answers to the signature of `hit`, the n-th request: `inv-<n>`, items
+/// `item-<n>-<i>`, dated 21 November 2026 (the VAT period 2026-11). Low on stickers (`warning`)
+/// for the invoice issued by `facture` (client phone +2250101010101).
+fn signed(hit: &Hit, n: usize) -> Value {
+    let body = hit.json();
+    let items: Vec<Value> = body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, it)| json!({"id": format!("item-{n}-{i}"), "reference": it["reference"], "description": it["description"], "quantity": it["quantity"]}))
+        .collect();
+    let low = body["clientPhone"] == "+2250101010101";
+    json!({
+        "ncc": "2400123A",
+        "reference": format!("2400123A26{n:09}"),
+        "token": format!("http://fne.stub/fr/verification/{n}"),
+        "warning": low,
+        "balance_sticker": if low { 3 } else { 99 },
+        "invoice": {"id": format!("inv-{n}"), "date": "2026-11-21T10:00:00.000Z", "status": "paid", "items": items}
+    })
+}
+
+/// The FNE: certifies every invoice and every credit note. For [`CLIENT_EN_PANNE`] it signs but
+/// answers 500; its lookup by idempotency key (`GET /external/invoices?idempotencyKey=…`) then
+/// finds the certifications signed under that key.
+fn fne(hit: &Hit, before: &[Hit]) -> (u16, String) {
+    let n = before.len();
     if hit.path == "/ws/external/invoices/sign" {
-        let body = hit.json();
-        let items: Vec<Value> = body["items"]
-            .as_array()
-            .cloned()
+        let answer = signed(hit, n);
+        if hit.json()["clientCompanyName"] == CLIENT_EN_PANNE {
+            return (500, r#"{"message":"Internal server error"}"#.into());
+        }
+        return (200, answer.to_string());
+    }
+    if hit.method == "GET" && hit.path == "/ws/external/invoices" {
+        let key = hit
+            .query
+            .split('&')
+            .find_map(|p| p.strip_prefix("idempotencyKey="))
             .unwrap_or_default()
+            .to_string();
+        let found: Vec<Value> = before
             .iter()
             .enumerate()
-            .map(|(i, it)| json!({"id": format!("item-{n}-{i}"), "reference": it["reference"], "description": it["description"], "quantity": it["quantity"]}))
+            .filter(|(_, h)| {
+                h.path == "/ws/external/invoices/sign"
+                    && !key.is_empty()
+                    && h.header("idempotency-key") == urlencoding_decode(&key)
+            })
+            .map(|(i, h)| signed(h, i))
             .collect();
-        let answer = json!({
-            "ncc": "2400123A",
-            "reference": format!("2400123A26{n:09}"),
-            "token": format!("http://fne.stub/fr/verification/{n}"),
-            "warning": false,
-            "balance_sticker": 99,
-            "invoice": {"id": format!("inv-{n}"), "date": "2026-11-21T10:00:00.000Z", "status": "paid", "items": items}
-        });
-        return (200, answer.to_string());
+        return (200, Value::Array(found).to_string());
     }
     if hit.path.starts_with("/ws/external/invoices/") && hit.path.ends_with("/refund") {
         let answer = json!({
@@ -91,8 +131,34 @@ fn fne(hit: &Hit, n: usize) -> (u16, String) {
     (404, r#"{"message":"Not found"}"#.into())
 }
 
+/// A query parameter's value as sent (`%3A` for `:`, `%23` for `#`, `+` for a space).
+fn urlencoding_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// The filing gateway: takes the return.
-fn teledeclaration(_: &Hit, n: usize) -> (u16, String) {
+fn teledeclaration(_: &Hit, before: &[Hit]) -> (u16, String) {
+    let n = before.len();
     (201, json!({"depot": format!("DEP-TVA-{n}")}).to_string())
 }
 
@@ -104,21 +170,25 @@ fn project(dir: &Path, yaml: &str) -> PathBuf {
     std::fs::create_dir_all(root.join("rules")).unwrap();
     for w in WORKFLOWS {
         let name = format!("{w}.yaml");
-        std::fs::copy(
-            repo.join("workflows").join(&name),
-            root.join("workflows").join(&name),
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(repo.join("workflows").join(&name)).unwrap();
+        // `dossier serve` runs on the system clock: the FNE's retries a second apart, not a minute.
+        let text = text.replace(
+            "retry: { max_attempts: 5, backoff: PT1M, max_backoff: PT30M }",
+            "retry: { max_attempts: 5, backoff: PT1S, max_backoff: PT2S }",
+        );
+        std::fs::write(root.join("workflows").join(&name), text).unwrap();
     }
-    std::fs::copy(
-        repo.join("rules/ismail.rhai"),
-        root.join("rules/ismail.rhai"),
-    )
-    .unwrap();
-    support::copy_tree(
-        &repo.join("templates/ismail"),
-        &root.join("templates/ismail"),
-    );
+    // The certification takes the invoice's amounts from the invoicing rules (one VAT table).
+    for rules in ["ismail", "facturation"] {
+        let file = format!("rules/{rules}.rhai");
+        std::fs::copy(repo.join(&file), root.join(&file)).unwrap();
+    }
+    for templates in ["ismail", "factures"] {
+        support::copy_tree(
+            &repo.join("templates").join(templates),
+            &root.join("templates").join(templates),
+        );
+    }
     std::fs::write(root.join("dossier.yaml"), yaml).unwrap();
     root
 }
@@ -265,11 +335,19 @@ impl Api {
     }
 }
 
-/// A number of the API's JSON (decimals travel as JSON numbers or as text).
-fn num(v: &Value) -> f64 {
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or_else(|| panic!("not a number: {v}"))
+/// A decimal of the API's JSON (a JSON number or text) written exactly, without trailing zeros:
+/// `22950`, `1045.75`, `1.5`. Money is compared as text, never as a float.
+fn dec(v: &Value) -> String {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => panic!("not a decimal: {other}"),
+    };
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -390,7 +468,7 @@ connectors:
     assert_eq!(out["statut"], "certifiee", "{out}");
     assert_eq!(out["reference"], "2400123A26000000000", "{out}");
     assert_eq!(out["periode_tva"], "2026-11", "{out}");
-    assert_eq!(num(&out["totaux"]["total_tva"]), 22950.0, "{out}");
+    assert_eq!(dec(&out["totaux"]["total_tva"]), "22950", "{out}");
     let hits = fne_stub.hits();
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].header("authorization"), "Bearer cle-fne");
@@ -407,7 +485,7 @@ connectors:
         contains(t, b"http://fne.stub/fr/verification/0"),
         "the verification URL in the QR code"
     );
-    assert!(contains(t, b"FAC-2026-0042"));
+    assert!(contains(t, b"FAC-CI-2026-0042"));
     cases.push(facture.clone());
 
     // ---- A B2B invoice without the client's NCC: nothing sent to the FNE, a task ----
@@ -430,7 +508,7 @@ connectors:
         .expect("a task for the accountants");
     assert_eq!(
         task["title"],
-        "Facture FAC-2026-0043 (Société Ivoirienne de Négoce) non certifiable : facture B2B sans numéro de compte contribuable (NCC) du client"
+        "Facture FAC-CI-2026-0043 (Société Ivoirienne de Négoce) non certifiable : facture B2B sans numéro de compte contribuable (NCC) du client"
     );
     let (s, v) = api
         .call(
@@ -487,9 +565,9 @@ connectors:
     let filed = hits[0].json();
     // 120 000 + 10 000 - 50 000 at 18 %, 15 000 at 9 %.
     assert_eq!(filed["periode"], "2026-11", "{filed}");
-    assert_eq!(num(&filed["declaration"]["total_base"]), 95000.0, "{filed}");
-    assert_eq!(num(&filed["declaration"]["total_tva"]), 15750.0, "{filed}");
-    assert_eq!(num(&filed["declaration"]["tva_due"]), 15750.0, "{filed}");
+    assert_eq!(dec(&filed["declaration"]["total_base"]), "95000", "{filed}");
+    assert_eq!(dec(&filed["declaration"]["total_tva"]), "15750", "{filed}");
+    assert_eq!(dec(&filed["declaration"]["tva_due"]), "15750", "{filed}");
     let files = printer.spooled(1);
     assert_eq!(files.len(), 1, "{files:?}");
     let pdf = std::fs::read(&files[0]).unwrap();
@@ -515,7 +593,7 @@ connectors:
         .await;
     let done = api.wait_output(&achat, &admin).await;
     assert_eq!(done["statut"], "credite", "{done}");
-    assert_eq!(num(&done["solde"]), 1070.0, "{done}");
+    assert_eq!(dec(&done["solde"]), "1070", "{done}");
     let expirations = api
         .get("/api/v1/instances?workflow=expiration_credits", &admin)
         .await;
@@ -534,11 +612,11 @@ connectors:
     let out = api.wait_output(&conso, &admin).await;
     assert_eq!(out["statut"], "consommee", "{out}");
     // 1 070 - 25 + 0,75 of cashback; senior 6 % and team lead 2 % of 25 credits.
-    assert_eq!(num(&out["solde"]), 1045.75, "{out}");
+    assert_eq!(dec(&out["solde"]), "1045.75", "{out}");
     assert_eq!(out["commissions"][0]["agent"], "COM-AKA", "{out}");
-    assert_eq!(num(&out["commissions"][0]["credits"]), 1.5, "{out}");
+    assert_eq!(dec(&out["commissions"][0]["credits"]), "1.5", "{out}");
     assert_eq!(out["commissions"][1]["agent"], "COM-KON", "{out}");
-    assert_eq!(num(&out["commissions"][1]["credits"]), 0.5, "{out}");
+    assert_eq!(dec(&out["commissions"][1]["credits"]), "0.5", "{out}");
     cases.push(conso);
 
     let transfert = api
@@ -550,9 +628,9 @@ connectors:
         .await;
     let done = api.wait_output(&transfert, &admin).await;
     assert_eq!(done["statut"], "transfere", "{done}");
-    assert_eq!(num(&done["solde_emetteur"]), 945.75, "{done}");
+    assert_eq!(dec(&done["solde_emetteur"]), "945.75", "{done}");
     // The sponsor had 20 credits of bonus, and now the 100 transferred.
-    assert_eq!(num(&done["solde_beneficiaire"]), 120.0, "{done}");
+    assert_eq!(dec(&done["solde_beneficiaire"]), "120", "{done}");
     cases.push(transfert);
     let sms: Vec<Hit> = orange_stub
         .hits()
@@ -572,21 +650,21 @@ connectors:
         .await;
     let done = api.wait_output(&payout, &admin).await;
     let versements = done["versements"].as_array().cloned().unwrap_or_default();
-    let paid: Vec<(String, f64, f64)> = versements
+    let paid: Vec<(String, String, String)> = versements
         .iter()
         .map(|v| {
             (
                 v["agent"].as_str().unwrap_or_default().to_string(),
-                num(&v["credits"]),
-                num(&v["solde"]),
+                dec(&v["credits"]),
+                dec(&v["solde"]),
             )
         })
         .collect();
     assert_eq!(
         paid,
         [
-            ("COM-AKA".to_string(), 1.5, 1.5),
-            ("COM-KON".to_string(), 0.5, 0.5)
+            ("COM-AKA".to_string(), "1.5".to_string(), "1.5".to_string()),
+            ("COM-KON".to_string(), "0.5".to_string(), "0.5".to_string())
         ],
         "{done}"
     );
@@ -617,6 +695,110 @@ connectors:
     assert!(statement.contains("Relevé de commissions"), "{statement}");
     assert!(statement.contains("1,50 crédit"), "{statement}");
     cases.push(payout);
+
+    // ---- A Côte d'Ivoire invoice issued by `facture`: certified by the FNE BEFORE the email ----
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let before = fne_stub.hits().len();
+    let invoice = api
+        .start(
+            &system,
+            "facture",
+            json!({"reference": "CMD-2026-0107", "pays": "CI",
+                   "client": "Société Ivoirienne de Négoce", "identifiant_client": "1234567X",
+                   "email": "tresorerie@sin.ci", "telephone": "+2250101010101",
+                   "lignes": [
+                       {"designation": "Sac de riz 25 kg", "quantite": 10, "prix_unitaire": 15000, "tva": "TVA"},
+                       {"designation": "Livraison", "quantite": 1, "prix_unitaire": 5000, "remise": 12.5, "tva": "TVAB"},
+                       {"designation": "Médicament", "quantite": 2, "prix_unitaire": 1250, "tva": "TVAD"}]}),
+        )
+        .await;
+    let out = api.wait_output(&invoice, &admin).await;
+    let fac = format!("FAC-CI-{year}-0001");
+    assert_eq!(out["statut"], "envoyee", "{out}");
+    assert_eq!(out["facture"], fac.as_str(), "{out}");
+    assert_eq!(dec(&out["montant_ttc"]), "184269", "{out}");
+    assert_eq!(dec(&out["total_tva"]), "27394", "{out}");
+    let hits = fne_stub.hits();
+    let signs: Vec<&Hit> = hits[before..]
+        .iter()
+        .filter(|h| h.path == "/ws/external/invoices/sign")
+        .collect();
+    assert_eq!(signs.len(), 1, "{hits:?}");
+    let body = signs[0].json();
+    assert_eq!(body["template"], "B2B", "{body}");
+    assert_eq!(body["clientNcc"], "1234567X", "{body}");
+    assert_eq!(body["paymentMethod"], "deferred", "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 3, "{body}");
+    let reference = out["fne"]["reference"].as_str().unwrap().to_string();
+    assert_eq!(out["fne"]["statut"], "certifiee", "{out}");
+    let subject_of = |raw: &[u8]| {
+        mailparse::parse_mail(raw)
+            .unwrap()
+            .headers
+            .get_first_value("Subject")
+            .unwrap_or_default()
+    };
+    let mails = smtp.messages();
+    let raw = mails
+        .iter()
+        .find(|m| subject_of(m.as_slice()).contains(&format!("facture {fac}")))
+        .expect("the invoice's email");
+    let mail = mailparse::parse_mail(raw).unwrap();
+    let mut parts = Vec::new();
+    walk(&mail, &mut parts);
+    let pdf_part = parts
+        .iter()
+        .find(|p| p.ctype.mimetype == "application/pdf")
+        .expect("the invoice as a PDF");
+    let text = pdf_extract::extract_text_from_mem(&pdf_part.get_body_raw().unwrap()).unwrap();
+    assert!(text.contains(&format!("Facture n° {fac}")), "{text}");
+    assert!(text.contains(&reference), "the FNE reference on the PDF: {text}");
+    assert!(text.contains("184 269 FCFA"), "{text}");
+    // The FNE is low on stickers: the accountants are told.
+    let alert = mails
+        .iter()
+        .find(|m| subject_of(m.as_slice()).starts_with("FNE : stock de vignettes bas"))
+        .expect("the low-sticker alert");
+    let alert = mailparse::parse_mail(alert).unwrap();
+    assert_eq!(
+        alert.headers.get_first_value("Subject").unwrap(),
+        "FNE : stock de vignettes bas (3 restantes)"
+    );
+    assert!(alert
+        .headers
+        .get_first_value("To")
+        .unwrap()
+        .contains("comptabilite@ismail.ci"));
+    cases.push(invoice);
+
+    // ---- The FNE answers 500 after certifying: the retry finds it, never signs twice ----
+    let before = fne_stub.hits().len();
+    let mut panne = example("facture_b2b.json");
+    panne["facture"] = json!("FAC-CI-2026-0099");
+    panne["client"] = json!({"name": CLIENT_EN_PANNE, "ncc": "1111111A"});
+    let broken = api
+        .start_by_event(&system, "facture_a_certifier", panne)
+        .await;
+    let out = api.wait_output(&broken, &admin).await;
+    assert_eq!(out["statut"], "certifiee", "{out}");
+    assert_eq!(out["deja_certifiee"], true, "{out}");
+    let hits = fne_stub.hits();
+    let signed_at: Vec<usize> = (before..hits.len())
+        .filter(|&i| hits[i].path == "/ws/external/invoices/sign")
+        .collect();
+    assert_eq!(signed_at.len(), 1, "one signature only: {:?}", &hits[before..]);
+    let lookups = hits[before..]
+        .iter()
+        .filter(|h| h.method == "GET" && h.query.contains("idempotencyKey="))
+        .count();
+    assert_eq!(lookups, 1, "the second attempt looked the first up: {:?}", &hits[before..]);
+    assert_eq!(
+        out["reference"],
+        format!("2400123A26{:09}", signed_at[0]),
+        "the first attempt's certification: {out}"
+    );
+    assert_eq!(dec(&out["totaux"]["total_tva"]), "22950", "{out}");
+    cases.push(broken);
 
     // Every history replays as it was recorded.
     for c in &cases {

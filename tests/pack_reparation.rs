@@ -5,8 +5,9 @@
 //! out of stock, so a purchase order (`reappro_pieces`) opens, the store receives the delivery
 //! into the ledger and the waiting repair reserves the part (falling under the threshold opens a
 //! second order); a failed test sends it back to intervention; the invoice is issued by the
-//! invoicing pack; the device is collected; a warranty claim opens a warranty repair, which is
-//! then cancelled; the stock is read through the ledger API and every history replays.
+//! invoicing pack and certified by the FNE (a stub of the DGI's API) before it is emailed with
+//! the FNE reference; the device is collected; a warranty claim opens a warranty repair, which
+//! is then cancelled; the stock is read through the ledger API and every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -21,9 +22,17 @@ use serde_json::{json, Value};
 use support::servers::{Smtp, TicketSink};
 use support::{reply, Hit, Stub};
 
-const WORKFLOWS: &[&str] = &["reparation", "reappro_pieces", "facture", "suivi_facture"];
-const RULES: &[&str] = &["reparation", "facturation", "penalites"];
-const TEMPLATES: &[&str] = &["reparation", "factures"];
+// A Côte d'Ivoire invoice is certified by the FNE before it is sent: `facture` calls
+// `certification_facture_fne` (rules `ismail`, templates `ismail/` for its alert and ticket).
+const WORKFLOWS: &[&str] = &[
+    "reparation",
+    "reappro_pieces",
+    "facture",
+    "certification_facture_fne",
+    "suivi_facture",
+];
+const RULES: &[&str] = &["reparation", "facturation", "penalites", "ismail"];
+const TEMPLATES: &[&str] = &["reparation", "factures", "ismail"];
 
 /// Orange: the token endpoint, then the send endpoint.
 fn orange(hit: &Hit, n: usize) -> (u16, String) {
@@ -40,8 +49,38 @@ fn orange(hit: &Hit, n: usize) -> (u16, String) {
     (201, req.to_string())
 }
 
+/// The FNE (DGI): signs every invoice, the n-th request as `2400123A26<n>`, its lines as items
+/// `item-<n>-<i>`, plenty of stickers left.
+fn fne(hit: &Hit, n: usize) -> (u16, String) {
+    if hit.path != "/ws/external/invoices/sign" {
+        return (404, r#"{"message":"Not found"}"#.into());
+    }
+    let body = hit.json();
+    let items: Vec<Value> = body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            json!({"id": format!("item-{n}-{i}"), "reference": it["reference"],
+                   "description": it["description"], "quantity": it["quantity"]})
+        })
+        .collect();
+    let answer = json!({
+        "ncc": "2400123A",
+        "reference": format!("2400123A26{n:09}"),
+        "token": format!("http://fne.stub/fr/verification/{n}"),
+        "warning": false,
+        "balance_sticker": 99,
+        "invoice": {"id": format!("inv-{n}"), "date": chrono::Utc::now().to_rfc3339(),
+                    "status": "paid", "items": items}
+    });
+    (200, answer.to_string())
+}
+
 /// The pack's files copied into `dir`, with a `dossier.yaml` pointing at this test's servers.
-fn project(dir: &Path, smtp: u16, orange: &str, till: u16, server: u16) -> PathBuf {
+fn project(dir: &Path, smtp: u16, orange: &str, till: u16, fne: &str, server: u16) -> PathBuf {
     let root = dir.join("reparation");
     let repo = support::repo_root();
     for sub in ["workflows", "rules"] {
@@ -87,6 +126,14 @@ connectors:
   caisse:
     type: printer
     escpos: {{ host: 127.0.0.1, port: {till}, width: 48 }}
+  # La facture ivoirienne est certifiée par la FNE avant l'envoi.
+  fne:
+    type: fiscal
+    api_url: http://{fne}/ws
+    api_key_env: DOSSIER_FNE_API_KEY
+    point_of_sale: ATELIER_1
+    establishment: COCODY
+    timeout_seconds: 20
 "#
     );
     std::fs::write(root.join("dossier.yaml"), config).unwrap();
@@ -96,6 +143,7 @@ connectors:
 fn secrets(cmd: &mut Command) -> &mut Command {
     cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
         .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
+        .env("DOSSIER_FNE_API_KEY", "cle-fne")
 }
 
 struct Server(Child);
@@ -217,6 +265,28 @@ impl Api {
                 Instant::now() < deadline,
                 "case {case} is at stage {}: {c}",
                 c["data"]["etape"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the case is waiting at `step` (started, and the case is waiting again): an
+    /// event sent earlier would reach no one.
+    async fn wait_waiting_at(&self, case: &str, key: &str, step: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+            let reached = self
+                .history(case, key)
+                .await
+                .iter()
+                .any(|e| e["kind"] == "step_started" && e["payload"]["step"] == step);
+            if reached && c["status"] == "waiting" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case} is not waiting at {step}: {c}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -362,6 +432,39 @@ fn mail_with(smtp: &Smtp, needle: &str) -> String {
     }
 }
 
+/// The text of the PDF attached to the message whose subject contains `needle`.
+fn attached_pdf_text(smtp: &Smtp, needle: &str) -> String {
+    fn walk<'a>(p: &'a mailparse::ParsedMail<'a>, out: &mut Vec<&'a mailparse::ParsedMail<'a>>) {
+        if p.subparts.is_empty() {
+            out.push(p);
+        }
+        for s in &p.subparts {
+            walk(s, out);
+        }
+    }
+    mail_with(smtp, needle);
+    let raw = smtp
+        .messages()
+        .into_iter()
+        .find(|m| {
+            mailparse::parse_mail(m)
+                .unwrap()
+                .headers
+                .get_first_value("Subject")
+                .unwrap_or_default()
+                .contains(needle)
+        })
+        .unwrap();
+    let mail = mailparse::parse_mail(&raw).unwrap();
+    let mut parts = Vec::new();
+    walk(&mail, &mut parts);
+    let pdf = parts
+        .iter()
+        .find(|p| p.ctype.mimetype == "application/pdf")
+        .unwrap_or_else(|| panic!("no PDF attached to `{needle}`"));
+    pdf_extract::extract_text_from_mem(&pdf.get_body_raw().unwrap()).unwrap()
+}
+
 /// The SMS texts Orange received so far.
 fn sms_texts(orange: &Stub) -> Vec<String> {
     orange
@@ -402,6 +505,11 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         reply(status, body)
     })
     .await;
+    let fne_stub = Stub::start(|hit, before| {
+        let (status, body) = fne(hit, before.len());
+        reply(status, body)
+    })
+    .await;
     let server_port = support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let root = project(
@@ -409,6 +517,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         smtp.port,
         &orange.addr.to_string(),
         till.port,
+        &fne_stub.addr.to_string(),
         server_port,
     );
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
@@ -499,6 +608,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     assert!(quote.contains("Total TTC : 70 800 FCFA"), "{quote}");
     sms_with(&orange, "70 800 FCFA TTC").await;
     api.wait_stage(&repair, &admin, "devis").await;
+    api.wait_waiting_at(&repair, &admin, "attente_reponse_devis").await;
     let v = api.event(&accueil, example("decision_devis.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
 
@@ -578,21 +688,57 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     );
     api.complete(&technicien, &task, "reussi", json!({})).await;
 
-    // ---- 5. The invoice (invoicing pack), the ready notice, the pickup ----
-    let fac = format!("FAC-{year}-0001");
+    // ---- 5. The invoice (invoicing pack), certified by the FNE, the ready notice, the pickup ----
+    let fac = format!("FAC-CI-{year}-0001");
     let c = api.wait_stage(&repair, &admin, "pret").await;
     assert_eq!(c["data"]["statut"], "terminee", "{c}");
-    mail_with(&smtp, &format!("facture {fac}"));
+    // The emailed invoice carries the FNE reference (and its verification QR code).
+    let text = attached_pdf_text(&smtp, &format!("facture {fac}"));
+    assert!(text.contains(&format!("Facture n° {fac}")), "{text}");
+    assert!(
+        text.contains("Facture normalisée (FNE) n° 2400123A26000000000"),
+        "the FNE reference on the PDF: {text}"
+    );
+    assert!(text.contains("70 800 FCFA"), "{text}");
+    // One signature, before the email: a consumer (B2C), paid at pickup (deferred), the quote's
+    // two lines.
+    let hits = fne_stub.hits();
+    assert_eq!(hits.len(), 1, "one signature: {hits:?}");
+    assert_eq!(hits[0].path, "/ws/external/invoices/sign");
+    assert_eq!(hits[0].header("authorization"), "Bearer cle-fne");
+    let body = hits[0].json();
+    assert_eq!(body["template"], "B2C", "{body}");
+    assert_eq!(body["paymentMethod"], "deferred", "{body}");
+    assert_eq!(body["clientCompanyName"], "Awa Traoré", "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
     let invoices = api.cases_of(&admin, "facture", 1).await;
     assert_eq!(invoices[0]["business_key"], "REP-2611-0042");
     assert_eq!(invoices[0]["parent_id"], repair.as_str());
+    let invoice_case = invoices[0]["id"].as_str().unwrap().to_string();
+    let certifications = api
+        .cases_of(&admin, "certification_facture_fne", 1)
+        .await;
+    assert_eq!(certifications[0]["business_key"], fac.as_str());
+    assert_eq!(certifications[0]["parent_id"], invoice_case.as_str());
     api.cases_of(&admin, "suivi_facture", 1).await;
     sms_with(&orange, &format!("facture {fac} : 70 800 FCFA")).await;
+    // The repair keeps the invoice as the invoicing pack returned it: sent, certified.
+    let c = api
+        .get(&format!("/api/v1/instances/{repair}"), &admin)
+        .await;
+    let invoice = &c["data"]["facture"];
+    assert_eq!(invoice["facture"], fac.as_str(), "{c}");
+    assert_eq!(invoice["statut"], "envoyee", "{c}");
+    assert_eq!(invoice["fne"]["statut"], "certifiee", "{c}");
+    assert_eq!(invoice["fne"]["reference"], "2400123A26000000000", "{c}");
+    assert_eq!(invoice["fne"]["invoice_id"], "inv-0", "{c}");
     let ready = mail_with(&smtp, "votre Samsung Galaxy A54 est prêt");
     assert!(
         ready.contains(&format!("La facture {fac} (70 800 FCFA TTC)")),
         "{ready}"
     );
+    // The pickup is announced once the repair waits for it (after the ready notices).
+    api.wait_waiting_at(&repair, &admin, "attente_retrait").await;
     let v = api.event(&accueil, example("appareil_retire.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
     let c = api.wait_stage(&repair, &admin, "garantie").await;
@@ -619,6 +765,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         "{c}"
     );
     assert_eq!(c["data"]["essais"], 2, "{c}");
+    api.wait_waiting_at(&repair, &admin, "attente_reclamation").await;
 
     // ---- 6. A warranty claim opens a warranty repair; it is then cancelled ----
     let v = api
@@ -681,8 +828,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
-    // Two repairs, two purchase orders, the invoice and its follow-up.
-    assert_eq!(ids.len(), 6, "{all}");
+    // Two repairs, two purchase orders, the invoice, its FNE certification and its follow-up.
+    assert_eq!(ids.len(), 7, "{all}");
     for c in &ids {
         let (s, report) = api
             .call(
