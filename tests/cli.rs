@@ -82,6 +82,25 @@ fn validate_names_file_line_column_and_hint_and_exits_1() {
     assert!(text(&out).contains("0 error(s)"));
 }
 
+#[test]
+fn validate_parses_inline_texts_as_tera() {
+    let dir = project();
+    write(
+        dir.path(),
+        "workflows/texte_casse.yaml",
+        "id: texte_casse\nversion: 1\ntitle: Texte cassé\nsteps:\n  - id: echec\n    fail: \"Montant {{ input.montant ?? 0 }}\"\n",
+    );
+    let out = dossier(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(
+            "workflows/texte_casse.yaml:6:11: error: the text does not parse as a Tera template"
+        ),
+        "{t}"
+    );
+}
+
 /// A project whose `avis` step calls a connector of `dossier.yaml`.
 fn project_with_crm() -> tempfile::TempDir {
     let dir = project();

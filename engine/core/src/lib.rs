@@ -25,7 +25,7 @@ pub use machine::{
     correlation_text, Action, CaseState, CaseStatus, Rejection, Transition, EVENTS_CONNECTOR,
     IDS_CONNECTOR, LEDGER_CONNECTOR, NUMBERING_CONNECTOR,
 };
-pub use program::{Node, NodeId, Pinned, Program, StepList, TemplateSource};
+pub use program::{tera_message, Node, NodeId, Pinned, Program, StepList, TemplateSource};
 
 pub type Result<T> = std::result::Result<T, CoreError>;
 

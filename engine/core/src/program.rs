@@ -283,7 +283,7 @@ impl Program {
 }
 
 /// Tera's error with its causes, on one line.
-pub(crate) fn tera_message(e: &tera::Error) -> String {
+pub fn tera_message(e: &tera::Error) -> String {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

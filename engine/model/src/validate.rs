@@ -39,6 +39,11 @@ pub trait Catalog {
     fn connectors(&self) -> Vec<String>;
     /// Compiles a Rhai expression: the free variables it reads, or the compiler's message.
     fn check_expr(&self, source: &str) -> Result<Vec<String>, String>;
+    /// Parses an inline Tera text (a task's title, a failure message): the parser's message
+    /// when it does not parse.
+    fn check_text(&self, _source: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Variables every expression of a case may read.
@@ -1165,6 +1170,9 @@ impl<'a> Checker<'a> {
         if let Some(template) = &step.render {
             self.check_template(&format!("{sp}.render"), template);
         }
+        if let Some(message) = &step.fail {
+            self.check_inline_text(&format!("{sp}.fail"), message);
+        }
         if let Some(n) = &step.number {
             self.check_number(&sp, step, n);
         }
@@ -1499,9 +1507,24 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// An inline Tera text, parsed now rather than failing the case when it runs.
+    fn check_inline_text(&mut self, path: &str, text: &str) {
+        if let Err(m) = self.catalog.check_text(text) {
+            self.error(
+                self.value(path),
+                format!("the text does not parse as a Tera template: {m}"),
+                "Tera expressions are simpler than Rhai: compute the value in an `assign` step and write `{{ valeur }}`",
+            );
+        }
+    }
+
     fn check_task(&mut self, sp: &str, step: &Step) {
         let Some(task) = &step.task else { return };
         let tp = format!("{sp}.task");
+        self.check_inline_text(&format!("{tp}.title"), &task.title);
+        if let Some(i) = &task.instructions {
+            self.check_inline_text(&format!("{tp}.instructions"), i);
+        }
         if task.role.trim().is_empty() {
             self.error(
                 self.value(&format!("{tp}.role")),

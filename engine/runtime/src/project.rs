@@ -446,6 +446,16 @@ impl Catalog for Project {
         self.connectors.keys().cloned().collect()
     }
 
+    fn check_text(&self, source: &str) -> std::result::Result<(), String> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(());
+        }
+        tera::Tera::default()
+            .add_raw_template("inline", source)
+            .map(|_| ())
+            .map_err(|e| dossier_core::tera_message(&e))
+    }
+
     fn check_expr(&self, source: &str) -> std::result::Result<Vec<String>, String> {
         match self.engine.compile_expr(source) {
             Ok(e) => Ok(dossier_rules::expr_variables(&e)),
