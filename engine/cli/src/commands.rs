@@ -752,13 +752,28 @@ async fn demo(root: &Path, db: Option<String>) -> anyhow::Result<ExitCode> {
             })
             .await?;
         if let Some(t) = tasks.first() {
+            // The collections team sends the letter at the provisional rate when this year's
+            // legal rate is not yet in the rules, hands the file to litigation, which closes it.
+            let form: Value = serde_json::from_str(&t.form).unwrap_or(Value::Null);
+            let offered: Vec<&str> = form["outcomes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let Some((outcome, comment)) = [
+                ("envoyer_taux_provisoire", None),
+                ("contentieux", Some("Mise en demeure envoyée")),
+                ("cloturer", Some("Injonction de payer déposée")),
+            ]
+            .into_iter()
+            .find(|(o, _)| offered.contains(o)) else {
+                bail!("the demo does not know the task `{}` ({offered:?})", t.step);
+            };
+            let data = match comment {
+                Some(c) => json!({ "commentaire": c }),
+                None => json!({}),
+            };
             engine
-                .decide_task(
-                    &t.id,
-                    "contentieux",
-                    json!({"commentaire": "Mise en demeure envoyée"}),
-                    "demo.operateur",
-                )
+                .decide_task(&t.id, outcome, data, "demo.operateur")
                 .await?;
             continue;
         }
