@@ -5,8 +5,9 @@
 //! of its own, through the `suivi_facture_demande` event); a cash deposit prints a receipt and a ticket and reaches the invoice's
 //! follow-up; a bank statement settles the balance and sends its unknown line to the
 //! accounting inbox; a credit note on the paid invoice becomes a refund task; an accepted quote
-//! starts a new invoice through the `facture_demandee` event; the numbering registers are
-//! gapless and every history replays.
+//! starts a new invoice through the `facture_demandee` event, which the dunning then writes off
+//! (`facture_passee_en_perte`: its follow-up takes the balance off the ledger and closes); the
+//! numbering registers are gapless and every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -415,6 +416,10 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
         .await;
     assert!(followed["parent_id"].is_null(), "{followed}");
     assert_eq!(followed["status"], "waiting", "{followed}");
+    // The follow-up got the client's identifier from the invoice request, to pass on to the
+    // dunning in `facture_echue` (L441-10 penalties between professionals only).
+    api.wait_history(&follow_up, &admin, "case_started", "SIREN 987 654 321")
+        .await;
     let mail = mail_with(&smtp, &format!("facture {fac1}"));
     let parsed = mailparse::parse_mail(&mail).unwrap();
     assert_eq!(
@@ -601,7 +606,39 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let fac2 = format!("FAC-{period}-0002");
     let mail = mail_with(&smtp, &format!("facture {fac2}"));
     assert!(attached_pdf_text(&mail).contains(&format!("Référence : {dev1}")));
-    api.case_of(&admin, "suivi_facture", &fac2).await;
+    let second_follow_up = api.case_of(&admin, "suivi_facture", &fac2).await;
+    let second_follow_up = second_follow_up["id"].as_str().unwrap().to_string();
+    api.wait_status(&second_follow_up, &admin, "waiting").await;
+
+    // ---- 5b. The dunning writes the second invoice off (`facture_passee_en_perte`, as
+    // relance_facture.yaml emits it): its follow-up takes the balance off the ledger and closes ----
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/events",
+            &system,
+            Some(json!({"name": "facture_passee_en_perte",
+                        "payload": {"facture": fac2, "montant": 1620.00}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["reached"], json!([second_follow_up]), "{v}");
+    let lost = api.output(&second_follow_up, &admin).await;
+    assert_eq!(lost["statut"], "passee_en_perte", "{lost}");
+    assert_eq!(amount(&lost["montant_perdu"]), "1620", "{lost}");
+    assert_eq!(amount(&lost["solde"]), "0", "{lost}");
+    assert_eq!(lost["signalee_au_recouvrement"], false, "{lost}");
+    let accounts = api
+        .get(&format!("/api/v1/ledger/accounts?prefix=creances/{fac2}"), &admin)
+        .await;
+    let creance = accounts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == format!("creances/{fac2}").as_str())
+        .unwrap_or_else(|| panic!("no account creances/{fac2}: {accounts}"))
+        .clone();
+    assert_eq!(amount(&creance["balance"]), "0", "{accounts}");
 
     // ---- 6. The numbering registers: gapless ----
     for (series, count) in [("FAC", 2), ("AV", 1), ("DEV", 1), ("REC", 1)] {

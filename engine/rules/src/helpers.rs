@@ -68,6 +68,18 @@ pub const HELPERS: &[(&str, &str)] = &[
     ("half_year", "half_year(date) -> 1 or 2"),
     ("date_of", "date_of(datetime) -> date"),
     (
+        "seconds_between",
+        "seconds_between(from, to) -> integer (date-times or dates)",
+    ),
+    (
+        "to_timezone",
+        "to_timezone(datetime, \"Europe/Paris\") -> the same instant written in local time",
+    ),
+    (
+        "format_local",
+        "format_local(datetime, \"Europe/Paris\", \"%d/%m/%Y à %H:%M\") -> text",
+    ),
+    (
         "add_duration",
         "add_duration(datetime, \"P7D\") -> datetime",
     ),
@@ -697,6 +709,63 @@ fn register_dates(engine: &mut Engine) {
     engine.register_fn("add_duration", |d: &str, p: &str| -> Res<ImmutableString> {
         lift(add_duration(d, p).map(Into::into))
     });
+    engine.register_fn("seconds_between", |a: &str, b: &str| {
+        lift(instant(a).and_then(|a| instant(b).map(|b| (b - a).num_seconds())))
+    });
+    engine.register_fn("to_timezone", |d: &str, tz: &str| -> Res<ImmutableString> {
+        lift(local(d, tz).map(|t| t.to_rfc3339().into()))
+    });
+    engine.register_fn(
+        "format_local",
+        |d: &str, tz: &str, pattern: &str| -> Res<ImmutableString> {
+            lift(format_local(d, tz, pattern).map(Into::into))
+        },
+    );
+}
+
+/// An instant: an RFC 3339 date-time, or a date (midnight UTC).
+fn instant(text: &str) -> Result<chrono::DateTime<chrono::Utc>, HelperError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(t.to_utc());
+    }
+    match NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+        Ok(d) => Ok(d.and_time(chrono::NaiveTime::MIN).and_utc()),
+        Err(_) => Err(HelperError {
+            message: format!("`{text}` is neither a date-time nor a date"),
+            hint: Some("write 2026-07-01T10:00:00Z (RFC 3339) or 2026-07-01".into()),
+        }),
+    }
+}
+
+/// `text` in the IANA time zone `tz`.
+fn local(text: &str, tz: &str) -> Result<chrono::DateTime<chrono_tz::Tz>, HelperError> {
+    let zone: chrono_tz::Tz = tz.parse().map_err(|_| HelperError {
+        message: format!("unknown time zone `{tz}`"),
+        hint: Some("use an IANA name such as \"Europe/Paris\" or \"Africa/Abidjan\"".into()),
+    })?;
+    Ok(instant(text)?.with_timezone(&zone))
+}
+
+/// `text` in the time zone `tz`, written with a strftime `pattern` (`%d/%m/%Y à %H:%M`).
+pub fn format_local(text: &str, tz: &str, pattern: &str) -> Result<String, HelperError> {
+    use std::fmt::Write as _;
+    let t = local(text, tz)?;
+    let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(pattern).collect();
+    if items
+        .iter()
+        .any(|i| matches!(i, chrono::format::Item::Error))
+    {
+        return Err(HelperError {
+            message: format!("`{pattern}` is not a valid date pattern"),
+            hint: Some("use strftime fields such as %d/%m/%Y %H:%M".into()),
+        });
+    }
+    let mut out = String::new();
+    write!(out, "{}", t.format_with_items(items.into_iter())).map_err(|_| HelperError {
+        message: format!("`{pattern}` cannot format this date"),
+        hint: None,
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -731,6 +800,43 @@ mod text_tests {
         assert!(parse_csv("a", ";;").is_err());
         assert!(rows("", ",").is_empty());
         assert!(rows("a,b\n", ",").is_empty(), "a header alone has no rows");
+    }
+
+    #[test]
+    fn local_times() {
+        // Summer and winter time in Paris; Abidjan stays on UTC.
+        let f = |t: &str, tz: &str| format_local(t, tz, "%d/%m/%Y %H:%M").unwrap();
+        assert_eq!(
+            f("2026-07-01T08:00:00Z", "Europe/Paris"),
+            "01/07/2026 10:00"
+        );
+        assert_eq!(
+            f("2026-12-01T08:00:00Z", "Europe/Paris"),
+            "01/12/2026 09:00"
+        );
+        assert_eq!(
+            f("2026-12-01T08:00:00+00:00", "Africa/Abidjan"),
+            "01/12/2026 08:00"
+        );
+        assert_eq!(f("2026-12-01", "Europe/Paris"), "01/12/2026 01:00");
+        assert!(format_local("2026-12-01T08:00:00Z", "Europe/Parris", "%H").is_err());
+        assert!(format_local("demain", "Europe/Paris", "%H").is_err());
+        assert!(format_local("2026-12-01T08:00:00Z", "Europe/Paris", "%Q").is_err());
+        assert_eq!(
+            local("2026-07-01T08:00:00Z", "Europe/Paris")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-07-01T10:00:00+02:00"
+        );
+        let s = |a: &str, b: &str| instant(b).unwrap() - instant(a).unwrap();
+        assert_eq!(
+            s("2026-07-01T08:00:00Z", "2026-07-01T10:00:00+02:00").num_seconds(),
+            0
+        );
+        assert_eq!(
+            s("2026-07-01", "2026-07-02T00:00:30Z").num_seconds(),
+            86_430
+        );
     }
 
     #[test]
