@@ -225,13 +225,23 @@ impl<'p> Simulation<'p> {
         data: Value,
         by: &str,
     ) -> Result<()> {
-        let task = self
+        // The case's own task first, else one of a sub-workflow case it started (at any depth):
+        // a test decides the certification task of the invoice its case called.
+        let own = self
             .tasks
             .values()
-            .find(|t| t.case_id == case_id && t.step == step)
-            .map(|t| t.id.clone())
+            .find(|t| t.case_id == case_id && t.step == step);
+        let found = own.or_else(|| {
+            self.tasks
+                .values()
+                .find(|t| t.step == step && self.descends_from(&t.case_id, case_id))
+        });
+        let (task, owner) = found
+            .map(|t| (t.id.clone(), t.case_id.clone()))
             .ok_or_else(|| {
-                RuntimeError::UnknownTask(format!("no open task of step `{step}` in {case_id}"))
+                RuntimeError::UnknownTask(format!(
+                    "no open task of step `{step}` in {case_id} or the cases it started"
+                ))
             })?;
         let event = Event::TaskDecided {
             task,
@@ -239,8 +249,27 @@ impl<'p> Simulation<'p> {
             data,
             by: by.to_string(),
         };
-        self.input(case_id, event).await?;
+        self.input(&owner, event).await?;
         Ok(())
+    }
+
+    /// Whether `case` was started, directly or not, by `ancestor` (`call` steps).
+    fn descends_from(&self, case: &str, ancestor: &str) -> bool {
+        let mut current = case.to_string();
+        for _ in 0..64 {
+            let Some(parent) = self
+                .cases
+                .get(&current)
+                .and_then(|c| c.state.parent.as_ref())
+            else {
+                return false;
+            };
+            if parent.case_id == ancestor {
+                return true;
+            }
+            current = parent.case_id.clone();
+        }
+        false
     }
 
     /// Moves virtual time to `until`, firing every timer due before it in order.

@@ -14,7 +14,8 @@
 //!         event: paiement_recu
 //!         payload: { facture_id: F-1, montant: 1200.00 }
 //!       - after: P12D
-//!         task: validation                 # the step id of the task
+//!         task: validation                 # the step id of the task (of this case, else of a
+//!                                          # sub-workflow case it started)
 //!         outcome: approuve
 //!         by: alice
 //!     expect:
