@@ -4,7 +4,10 @@
 //! payment), two join the waiting list with ranks 1 and 2; the three pay and receive their
 //! confirmation with an iCalendar invitation, published on the calendar; two cancellations
 //! promote the waiting list in order (rank 1, then rank 2); the capacity and the list's counters
-//! are checked in the ledger API; every history replays.
+//! are checked in the ledger API. Each confirmation carries a random check-in code (`unique_id`,
+//! `RSV-` + 10 alphanumeric characters, all distinct) and shows the slot in Paris time; the
+//! first cancellation's refund starts `remboursement_reservation`, whose accounting task, once
+//! completed, sends the customer the refund confirmation. Every history replays.
 
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
@@ -30,6 +33,11 @@ fn project(dir: &Path, smtp: u16, agenda: &str, server: u16) -> PathBuf {
     std::fs::copy(
         repo.join("workflows/reservation.yaml"),
         root.join("workflows/reservation.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo.join("workflows/remboursement_reservation.yaml"),
+        root.join("workflows/remboursement_reservation.yaml"),
     )
     .unwrap();
     std::fs::copy(
@@ -242,6 +250,50 @@ impl Api {
             .unwrap()
     }
 
+    /// The one case of `workflow` with this business key, once it exists.
+    async fn case_of(&self, key: &str, workflow: &str, business_key: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self
+                .get(
+                    &format!("/api/v1/instances?workflow={workflow}&business_key={business_key}"),
+                    key,
+                )
+                .await;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            if let Some(c) = items.first() {
+                assert_eq!(items.len(), 1, "{list}");
+                return c["id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {workflow} case for {business_key}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The open task of `case` in the inbox of `role`, once it exists.
+    async fn task_of(&self, key: &str, role: &str, case: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
+            if let Some(t) = tasks["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["instance_id"] == case && t["status"] == "open")
+            {
+                return t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no open {role} task for {case}: {tasks}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Ledger balances under a prefix, as (account, balance).
     async fn balances(&self, key: &str, prefix: &str) -> Vec<(String, f64)> {
         let v = self
@@ -290,6 +342,18 @@ fn mails_with(smtp: &Smtp, needle: &str, count: usize) -> Vec<Vec<u8>> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The decoded text/plain body of a message.
+fn plain_text(mail: &mailparse::ParsedMail) -> String {
+    if mail.subparts.is_empty() {
+        return if mail.ctype.mimetype == "text/plain" {
+            mail.get_body().unwrap()
+        } else {
+            String::new()
+        };
+    }
+    mail.subparts.iter().map(plain_text).collect()
 }
 
 /// The leaf parts of a message: (media type, raw body).
@@ -444,9 +508,30 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         };
         assert_eq!(case["current_step"], "attente_rappel", "{case}");
     }
+    // The check-in codes: drawn at random (`unique_id`), `RSV-` + 10 alphanumeric characters,
+    // distinct, and the QR carries `<reference>:<code>`.
+    let mut codes = Vec::new();
+    for (r, c) in &holding {
+        let case = api.get(&format!("/api/v1/instances/{c}"), &admin).await;
+        let code = case["data"]["qr"]["code"].as_str().unwrap().to_string();
+        assert_eq!(code.len(), 14, "{code}");
+        assert!(code.starts_with("RSV-"), "{code}");
+        assert!(code[4..].chars().all(|ch| ch.is_ascii_alphanumeric()), "{code}");
+        assert_eq!(case["data"]["qr"]["charge_utile"], format!("{r}:{code}"), "{case}");
+        codes.push(code);
+    }
+    let mut distinct = codes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{codes:?}");
     let confirmations = mails_with(&smtp, "confirmée", 3);
     for raw in &confirmations {
         let mail = mailparse::parse_mail(raw).unwrap();
+        // The slot in Paris time, named; the customer's own code.
+        let body = plain_text(&mail);
+        assert!(body.contains("(heure de Paris)"), "{body}");
+        assert!(!body.contains("UTC"), "{body}");
+        assert!(codes.iter().any(|c| body.contains(c.as_str())), "{body}");
         let kinds: Vec<String> = parts(&mail).into_iter().map(|(t, _)| t).collect();
         assert!(kinds.contains(&"application/pdf".to_string()), "{kinds:?}");
         let ics: Vec<Vec<u8>> = parts(&mail)
@@ -515,6 +600,28 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     let ics = calendar_event(first_ref.clone()).await;
     assert!(ics.contains("STATUS:CANCELLED"), "{ics}");
     mails_with(&smtp, &format!("{first_ref} annulée"), 1);
+
+    // The refund is carried out: `remboursement_demande` started the refund workflow, whose
+    // task waits in the accounting inbox; once completed, the customer gets the confirmation.
+    let refund = api
+        .case_of(&admin, "remboursement_reservation", &first_ref)
+        .await;
+    let task = api.task_of(&admin, "comptabilite", &refund).await;
+    let (s, done) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+            &admin,
+            Some(json!({"outcome": "rembourse", "data": {"operation": "RMB-E2E-1"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{done}");
+    let refunded = api.output(&refund, &admin).await;
+    assert_eq!(refunded["statut"], "rembourse", "{refunded}");
+    assert_eq!(num(&refunded["montant"]), num(&out["rembourse"]), "{refunded}");
+    let confirmation = mails_with(&smtp, &format!("{first_ref} : remboursement de"), 1);
+    let body = plain_text(&mailparse::parse_mail(&confirmation[0]).unwrap());
+    assert!(body.contains("RMB-E2E-1"), "{body}");
 
     // ---- 4. A second cancellation promotes rank 2 ----
     let (second_ref, second_case) = holding[1].clone();
