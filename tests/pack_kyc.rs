@@ -1,8 +1,9 @@
 //! The KYC onboarding pack end to end under `dossier serve`: ten sign-ups at once each get an
 //! ID in the seed's `CCYYMMDD-XXXX-UL` format, all different; each starts its professional card
 //! case, whose QR token verifies with the public key of a freshly generated Ed25519 key
-//! (exported as DOSSIER_CARTE_CLE_PRIVEE) and whose card PDF arrives by email (aiosmtpd) with an
-//! SMS (Orange stub); a sign-up with an expired ID card goes to the compliance inbox, which asks
+//! (exported as DOSSIER_CARTE_CLE_PRIVEE) and expires within 30 days (short-lived tokens,
+//! re-signed while the card is active), and whose card PDF arrives by email (aiosmtpd) with an
+//! SMS (Orange stub), the QR code drawn in the PDF being exactly the QR code of that token; a sign-up with an expired ID card goes to the compliance inbox, which asks
 //! for more documents, receives them and approves; a card is suspended and reactivated (new
 //! token), another revoked (notice by email and SMS); every history replays.
 
@@ -282,8 +283,74 @@ fn leaves<'a>(p: &'a mailparse::ParsedMail<'a>, out: &mut Vec<&'a mailparse::Par
     }
 }
 
+/// The dark modules of the QR code drawn in a PDF: the document connector draws each run of
+/// dark modules of a row as a filled rectangle (`re`) one module high.
+fn qr_in_pdf(pdf: &[u8]) -> Vec<Vec<bool>> {
+    let doc = lopdf::Document::load_mem(pdf).unwrap();
+    let mut rects: Vec<[f32; 4]> = Vec::new();
+    for page in doc.get_pages().values() {
+        let content =
+            lopdf::content::Content::decode(&doc.get_page_content(*page).unwrap()).unwrap();
+        for op in content.operations.iter().filter(|o| o.operator == "re") {
+            let n: Vec<f32> = op.operands.iter().map(|o| o.as_float().unwrap()).collect();
+            rects.push([n[0], n[1], n[2], n[3]]);
+        }
+    }
+    assert!(!rects.is_empty(), "no filled rectangle (QR code) in the PDF");
+    // The QR code's rectangles are all one module high.
+    let module = rects[0][3];
+    let rects: Vec<_> = rects
+        .into_iter()
+        .filter(|r| (r[3] - module).abs() < 0.01)
+        .collect();
+    let x0 = rects.iter().map(|r| r[0]).fold(f32::MAX, f32::min);
+    let x1 = rects.iter().map(|r| r[0] + r[2]).fold(f32::MIN, f32::max);
+    let top = rects.iter().map(|r| r[1] + r[3]).fold(f32::MIN, f32::max);
+    let n = ((x1 - x0) / module).round() as usize;
+    let mut grid = vec![vec![false; n]; n];
+    for r in &rects {
+        let row = ((top - (r[1] + r[3])) / module).round() as usize;
+        let col = ((r[0] - x0) / module).round() as usize;
+        let len = (r[2] / module).round() as usize;
+        for cell in &mut grid[row][col..col + len] {
+            *cell = true;
+        }
+    }
+    grid
+}
+
+/// The modules of the QR code of `text` (error correction M, as the document connector draws it).
+fn qr_of(text: &str) -> Vec<Vec<bool>> {
+    let code =
+        qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).unwrap();
+    let n = code.width();
+    let colors = code.to_colors();
+    (0..n)
+        .map(|r| (0..n).map(|c| colors[r * n + c] == qrcode::Color::Dark).collect())
+        .collect()
+}
+
+/// A token's expiry as the card's texts write it (Abidjan time = UTC).
+fn date_fr(exp: i64) -> String {
+    chrono::DateTime::from_timestamp(exp, 0)
+        .unwrap()
+        .format("%d/%m/%Y à %H:%M")
+        .to_string()
+}
+
 /// The messages sent to `to` so far: (subject, text body, PDF attachments' text).
 fn mails_to(smtp: &Smtp, to: &str) -> Vec<(String, String, Vec<String>)> {
+    mails_with_pdfs(smtp, to)
+        .into_iter()
+        .map(|(s, t, pdfs)| (s, t, pdfs.into_iter().map(|p| p.0).collect()))
+        .collect()
+}
+
+/// A message: subject, text body, PDF attachments as (text, bytes).
+type Mail = (String, String, Vec<(String, Vec<u8>)>);
+
+/// The messages sent to `to` so far, with their PDF attachments' bytes.
+fn mails_with_pdfs(smtp: &Smtp, to: &str) -> Vec<Mail> {
     use mailparse::MailHeaderMap;
     let mut found = Vec::new();
     for raw in smtp.messages() {
@@ -307,7 +374,10 @@ fn mails_to(smtp: &Smtp, to: &str) -> Vec<(String, String, Vec<String>)> {
         let pdfs = parts
             .iter()
             .filter(|p| p.ctype.mimetype == "application/pdf")
-            .map(|p| pdf_extract::extract_text_from_mem(&p.get_body_raw().unwrap()).unwrap())
+            .map(|p| {
+                let raw = p.get_body_raw().unwrap();
+                (pdf_extract::extract_text_from_mem(&raw).unwrap(), raw)
+            })
             .collect();
         found.push((subject, text, pdfs));
     }
@@ -483,7 +553,7 @@ connectors:
     // ---- Each card: issued, signed, sent by email (PDF) and SMS ----
     for (id, card) in &cards {
         let c = api
-            .wait_for(card, &admin, |c| c["current_step"] == "attente_rappel")
+            .wait_for(card, &admin, |c| c["current_step"] == "attente_echeance")
             .await;
         assert_eq!(c["business_key"], id.as_str(), "{c}");
         assert_eq!(c["data"]["statut"], "actif", "{c}");
@@ -505,22 +575,42 @@ connectors:
     assert_eq!(claims["validite"], validite.as_str(), "{claims}");
     assert_eq!(claims["iss"], "ISMAIL", "{claims}");
     assert!(claims["iat"].is_number() && claims["exp"].is_number(), "{claims}");
+    // A short-lived token: 30 days (params.duree_jeton), not the card's 12 months.
+    let exp0 = claims["exp"].as_i64().unwrap();
+    let lifetime = exp0 - claims["iat"].as_i64().unwrap();
+    assert!(
+        (30 * 86400 - 120..=30 * 86400 + 120).contains(&lifetime),
+        "the token lives 30 days: {claims}"
+    );
+    assert!(
+        c["data"]["calendrier"]["resigner_le"].is_string(),
+        "a re-signature is scheduled: {c}"
+    );
+    let qr_fin = date_fr(exp0);
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()), "{claims}");
     let first_jti = claims["jti"].clone();
 
     wait_until("the ten activation emails", || smtp.messages().len() >= 10).await;
     let mails = mails_to(&smtp, "partenaire0@exemple.ci");
     assert_eq!(mails.len(), 1, "{mails:?}");
-    let (subject, text, pdfs) = &mails[0];
+    let (subject, text, pdfs) = &mails_with_pdfs(&smtp, "partenaire0@exemple.ci")[0];
     assert_eq!(
         subject,
         "ISMAIL : votre compte est activé, voici votre carte professionnelle"
     );
     assert!(text.contains(&format!("Votre identifiant ISMAIL : {id0}")), "{text}");
+    assert!(text.contains(&format!("QR code valable jusqu'au {qr_fin}")), "{text}");
     assert_eq!(pdfs.len(), 1, "the card as a PDF");
-    for want in [id0.as_str(), "Carte d'identité professionnelle", "Partenaire", "Actif", "KOUASSI"] {
-        assert!(pdfs[0].contains(want), "{want} in {}", pdfs[0]);
+    let qr_line = format!("QR code valable jusqu'au {qr_fin}");
+    for want in [id0.as_str(), "Carte d'identité professionnelle", "Partenaire", "Actif", "KOUASSI", qr_line.as_str()] {
+        assert!(pdfs[0].0.contains(want), "{want} in {}", pdfs[0].0);
     }
+    // The QR code drawn in the card PDF is the QR code of the signed token.
+    assert_eq!(
+        qr_in_pdf(&pdfs[0].1),
+        qr_of(jeton["token"].as_str().unwrap()),
+        "the card's QR code holds the token"
+    );
     wait_until("the ten activation SMS", || sms_to(&orange_stub, "+2250707000009").len() == 1).await;
     let sms = sms_to(&orange_stub, "+2250707000000");
     assert_eq!(
@@ -588,7 +678,7 @@ connectors:
         .await;
     assert_eq!(v["reached"], json!([card1.clone()]), "{v}");
     let c = api
-        .wait_for(&card1, &admin, |c| c["data"]["edition"] == 2 && c["current_step"] == "attente_rappel")
+        .wait_for(&card1, &admin, |c| c["data"]["edition"] == 2 && c["current_step"] == "attente_echeance")
         .await;
     assert_eq!(c["data"]["statut"], "actif", "{c}");
     let claims = verify(c["data"]["jeton"]["token"].as_str().unwrap(), &public_key);
@@ -603,6 +693,19 @@ connectors:
     assert_eq!(
         subjects_after[1],
         format!("ISMAIL : votre carte professionnelle {id1} est suspendue")
+    );
+    // The suspension notice says when the last QR code stops being valid (no re-signing).
+    let suspension_text = &mails_to(&smtp, "partenaire1@exemple.ci")[1].1;
+    assert!(
+        suspension_text.contains("cesse d'être valide au plus tard le"),
+        "{suspension_text}"
+    );
+    // The reactivated card's PDF carries the new token.
+    let reactivated = &mails_with_pdfs(&smtp, "partenaire1@exemple.ci")[2];
+    assert_eq!(
+        qr_in_pdf(&reactivated.2[0].1),
+        qr_of(c["data"]["jeton"]["token"].as_str().unwrap()),
+        "the reactivated card's QR code holds the new token"
     );
     assert_eq!(
         subjects_after[2],
@@ -629,6 +732,12 @@ connectors:
     assert_eq!(out["statut"], "revoquee", "{out}");
     assert_eq!(out["motif"], "fraude documentaire avérée", "{out}");
     assert_eq!(out["jetons"][0]["jti"], first_jti, "{out}");
+    // No token signed after the revocation: the last one lapses at its expiry.
+    assert_eq!(out["jetons"].as_array().unwrap().len(), 1, "{out}");
+    let last = chrono::DateTime::parse_from_rfc3339(out["dernier_jeton_expire_le"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    assert_eq!(last, exp0, "{out}");
     wait_until("the revocation email", || mails_to(&smtp, "partenaire0@exemple.ci").len() == 2).await;
     let (subject, text, _) = mails_to(&smtp, "partenaire0@exemple.ci").remove(1);
     assert_eq!(
@@ -639,7 +748,7 @@ connectors:
     wait_until("the revocation SMS", || sms_to(&orange_stub, "+2250707000000").len() == 2).await;
     assert_eq!(
         sms_to(&orange_stub, "+2250707000000")[1],
-        format!("ISMAIL : votre carte professionnelle {id0} est révoquée (fraude documentaire avérée). Contact : conformite@ismail.exemple.ci\n")
+        format!("ISMAIL : votre carte professionnelle {id0} est révoquée (fraude documentaire avérée). Son QR code cesse d'être valide au plus tard le {qr_fin}. Contact : conformite@ismail.exemple.ci\n")
     );
     // A revoked card's case is over: a late suspension reaches nothing.
     let v = api
