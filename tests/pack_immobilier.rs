@@ -559,6 +559,11 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert_eq!(texts[0].0, "tel:+2250707070707");
     assert!(texts[0].1.contains("rappel, visite du bien APT-PLATEAU-12"), "{texts:?}");
+    // The visit is less than a day away: "demain" or "aujourd'hui", by the calendar day.
+    assert!(
+        texts[0].1.contains("APT-PLATEAU-12 demain ") || texts[0].1.contains("APT-PLATEAU-12 aujourd'hui "),
+        "{texts:?}"
+    );
     assert_eq!(texts[1].0, "tel:+2250505050505");
 
     // ---- Rescheduled two days later: same UID, SEQUENCE raised, an updated invitation ----

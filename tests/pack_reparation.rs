@@ -810,6 +810,44 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         .iter()
         .all(|t| t["instance_id"] != warranty.as_str() || t["status"] != "open"));
 
+    // ---- 6b. Cancelling the delivered repair is refused: noted, the warranty goes on ----
+    let v = api
+        .event(
+            &accueil,
+            json!({"name": "annulation_reparation",
+                   "payload": {"reparation": "REP-2611-0042", "motif": "erreur de saisie"}}),
+        )
+        .await;
+    assert_eq!(v["reached"], json!([repair]), "{v}");
+    let mut refused = Value::Null;
+    for _ in 0..200 {
+        let c = api
+            .get(&format!("/api/v1/instances/{repair}"), &admin)
+            .await;
+        if c["data"]["annulations_refusees"].as_array().map_or(0, |a| a.len()) == 1 {
+            refused = c;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        refused["data"]["annulations_refusees"][0]["etape"], "garantie",
+        "{refused}"
+    );
+    assert_eq!(refused["data"]["statut"], "terminee", "{refused}");
+    api.wait_waiting_at(&repair, &admin, "attente_reclamation").await;
+    // Both repairs are over for the technician: her load is back to 0 on the ledger.
+    let loads = api
+        .get("/api/v1/ledger/accounts?prefix=charge/", &admin)
+        .await;
+    let awa = loads["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == "charge/Awa K.")
+        .unwrap_or_else(|| panic!("no charge/Awa K.: {loads}"));
+    assert_eq!(amount(&awa["balance"]), "0", "{loads}");
+
     // ---- 7. The stock through the ledger API, and every history replays ----
     let list = api
         .get("/api/v1/ledger/accounts?prefix=stock/", &admin)
