@@ -530,7 +530,22 @@ impl CaseState {
                         // The entry listens again (a second payment, a second dispute) until
                         // the case ends.
                         self.arm_interrupt(&mut tx, index, correlation);
-                        self.interrupt(&mut tx, index, payload);
+                        // A guard that does not hold (or cannot be computed) leaves the case
+                        // where it stands: the event stays recorded in its history.
+                        let guard = prog.workflow.on_event[index].when.clone();
+                        let applies = match guard {
+                            Some(w) => {
+                                let mut scope = self.scope(&tx);
+                                scope.insert("payload".into(), payload.clone());
+                                tx.prog.expr(&w.0).ok().and_then(|e| {
+                                    tx.prog.rules.eval_expr(&e, &scope, &tx.ctx()).ok()
+                                }) == Some(Value::Bool(true))
+                            }
+                            None => true,
+                        };
+                        if applies {
+                            self.interrupt(&mut tx, index, payload);
+                        }
                         self.run(&mut tx);
                         return Ok(Transition {
                             events: tx.events,

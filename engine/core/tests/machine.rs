@@ -3067,6 +3067,60 @@ fn an_interrupting_event_is_heard_again_after_it_fired() {
         "#]]);
 }
 
+/// An `on_event` entry with a guard: an event for which it is false is recorded and the case
+/// stays where it stands; the entry still listens.
+#[test]
+fn an_interrupting_event_whose_guard_is_false_leaves_the_case_where_it_stands() {
+    let guarded = PARTIAL_PAYMENTS.replace(
+        "    goto: imputation\n",
+        "    goto: imputation\n    when: \"payload.montant > 0 && solde > 0\"\n",
+    );
+    // `wf` keeps the source for the whole test run.
+    wf(Box::leak(guarded.into_boxed_str()))
+        .run(
+            json!({"facture": "F-9", "montant": 100}),
+            &[
+                (DAY, In::Event("paiement_recu", json!({"facture": "F-9", "montant": 0}))),
+                (2 * DAY, In::Event("paiement_recu", json!({"facture": "F-9", "montant": 100}))),
+            ],
+        )
+        .check(expect![[r#"
+            @+PT0S start
+              1 case_started paiements_partiels v1 sha(workflow) pins=[] input={"facture":"F-9","montant":100}
+              2 event_awaited on_event:paiement_recu c1:w1 paiement_recu {"facture":"F-9"}
+              3 step_started depart
+              4 variables_assigned depart {"solde":100}
+              5 step_completed depart
+              6 step_started attente
+              7 timer_set c1:t2 attente wait at=+P30D
+                  => await c1:w1 paiement_recu {"facture":"F-9"}
+                  => set_timer c1:t2 wait at=+P30D
+            @+P1D
+              8 event_received c1:w1 paiement_recu {"facture":"F-9","montant":0}
+              9 event_awaited on_event:paiement_recu c1:w3 paiement_recu {"facture":"F-9"}
+                  => stop_awaiting c1:w1
+                  => await c1:w3 paiement_recu {"facture":"F-9"}
+            @+P2D
+             10 event_received c1:w3 paiement_recu {"facture":"F-9","montant":100}
+             11 event_awaited on_event:paiement_recu c1:w4 paiement_recu {"facture":"F-9"}
+             12 timer_cancelled c1:t2
+             13 case_interrupted {"event":"paiement_recu","goto":"imputation"}
+             14 step_started imputation
+             15 variables_assigned imputation {"solde":0}
+             16 step_completed imputation
+             17 step_started solde
+             18 branch_taken solde arm=none -> end
+             19 step_completed solde
+             20 case_completed {"solde":0}
+                  => stop_awaiting c1:w3
+                  => await c1:w4 paiement_recu {"facture":"F-9"}
+                  => cancel_timer c1:t2
+                  => stop_awaiting c1:w4
+                  => finished completed {"solde":0}
+            == completed vars={"paiement":{"facture":"F-9","montant":100},"solde":0} output={"solde":0}
+        "#]]);
+}
+
 #[test]
 fn an_interrupting_event_stops_the_task_and_goes_on_at_its_step() {
     wf(INTERRUPTIBLE)

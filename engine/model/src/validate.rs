@@ -462,6 +462,12 @@ impl<'a> Checker<'a> {
         if let Some(r) = &it.result {
             self.check_variable_name(&format!("{path}.result"), r, true);
         }
+        if let Some(w) = &it.when {
+            // Evaluated when the event arrives: the case's variables and the event's `payload`.
+            self.scope.push("payload".into());
+            self.check_expr(&format!("{path}.when"), w.as_str(), ExprContext::Case);
+            self.scope.clear();
+        }
         // The goto leads into the top list, wherever the case stood.
         self.check_jump(0, &format!("{path}.goto"), &it.goto);
     }

@@ -330,6 +330,10 @@ pub struct EventInterrupt {
     pub result: Option<String>,
     /// Step of the top list where the case goes on (`end` ends it).
     pub goto: String,
+    /// A condition on the case and the event (`payload`): when it is false the event is
+    /// recorded but does not interrupt the case (a cancellation refused once a repair is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Expr>,
 }
 
 /// A gapless numbering series: numbers follow each other without a gap per series and
