@@ -431,7 +431,11 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     let running = api
         .get(&format!("/api/v1/instances/{abonnement}"), &admin)
         .await;
-    assert_eq!(running["data"]["facture_periode"]["facture"], first.as_str(), "{running}");
+    assert_eq!(
+        running["data"]["facture_periode"]["facture"],
+        first.as_str(),
+        "{running}"
+    );
     let sent = mails(&smtp, 1);
     assert!(sent[0].0.contains(&first), "{:?}", sent[0]);
     assert!(sent[0].0.contains("348,00 €"), "{:?}", sent[0]);
@@ -486,12 +490,8 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     api.wait_awaiting(&abonnement, &admin, "changement_formule", 2)
         .await;
     let sent = mails(&smtp, 3);
-    let supplement_case = api
-        .case_of(&admin, "facture", "ABO-E2E-0001-C1")
-        .await;
-    let supplement_issued = api
-        .wait_status(&supplement_case, &admin, "completed")
-        .await;
+    let supplement_case = api.case_of(&admin, "facture", "ABO-E2E-0001-C1").await;
+    let supplement_issued = api.wait_status(&supplement_case, &admin, "completed").await;
     let second = supplement_issued["data"]["numero"]["number"]
         .as_str()
         .unwrap_or_else(|| panic!("the supplement's number: {supplement_issued}"))
@@ -545,7 +545,11 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     let ligne = &credit_data["totaux"]["lignes"][0];
     assert_eq!(dec(&ligne["prix_unitaire"]), "168", "{credit_data}");
     assert_eq!(dec(&ligne["quantite"]), "1", "{credit_data}");
-    assert_eq!(dec(&credit_data["totaux"]["total_ttc"]), "201.6", "{credit_data}");
+    assert_eq!(
+        dec(&credit_data["totaux"]["total_ttc"]),
+        "201.6",
+        "{credit_data}"
+    );
     // The credit note went to the member with its PDF, and is posted on the invoice.
     let sent = mails(&smtp, 4);
     let note = sent
@@ -555,7 +559,8 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     assert!(note.0.contains(&first), "{note:?}");
     assert_eq!(note.2, [format!("{numero_avoir}.pdf")]);
     assert_eq!(
-        api.balance(&admin, &format!("factures/{first}/avoirs")).await,
+        api.balance(&admin, &format!("factures/{first}/avoirs"))
+            .await,
         "201.6"
     );
     let (s, done) = api
@@ -679,7 +684,9 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
         )
         .await;
     api.wait_awaiting(&unpaid, &admin, "paiement_recu", 1).await;
-    let pending = api.get(&format!("/api/v1/instances/{unpaid}"), &admin).await;
+    let pending = api
+        .get(&format!("/api/v1/instances/{unpaid}"), &admin)
+        .await;
     let third = pending["data"]["facture_periode"]["facture"]
         .as_str()
         .unwrap_or_else(|| panic!("the second member's invoice: {pending}"))

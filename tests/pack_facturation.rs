@@ -629,7 +629,10 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     assert_eq!(amount(&lost["solde"]), "0", "{lost}");
     assert_eq!(lost["signalee_au_recouvrement"], false, "{lost}");
     let accounts = api
-        .get(&format!("/api/v1/ledger/accounts?prefix=creances/{fac2}"), &admin)
+        .get(
+            &format!("/api/v1/ledger/accounts?prefix=creances/{fac2}"),
+            &admin,
+        )
         .await;
     let creance = accounts["items"]
         .as_array()

@@ -501,7 +501,13 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         )
         .await;
     let sent = mails(&smtp, 2);
-    assert!(sent[0].subject.contains("nous avons bien reçu votre demande"), "{}", sent[0].subject);
+    assert!(
+        sent[0]
+            .subject
+            .contains("nous avons bien reçu votre demande"),
+        "{}",
+        sent[0].subject
+    );
     assert!(sent[0].to.contains("awa.traore@exemple.ci"));
     assert_eq!(
         sent[1].subject,
@@ -515,7 +521,8 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         json!({"note": "Cherche un 3 pièces meublé au Plateau"}),
     )
     .await;
-    api.wait_step(&prospect, &admin, "attente_interaction", 1).await;
+    api.wait_step(&prospect, &admin, "attente_interaction", 1)
+        .await;
 
     // ---- A visit tomorrow: published, mailed with its .ics, reminded at once (less than a day) ----
     let (debut, debut_ics) = at(23 * 60);
@@ -523,26 +530,42 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     let visite = api
         .start(&system, "visite_bien", visit("VIS-E2E-0001", &debut))
         .await;
-    api.wait_step(&visite, &admin, "attente_fin_visite", 1).await;
+    api.wait_step(&visite, &admin, "attente_fin_visite", 1)
+        .await;
     let stored = stored_event(&radicale.base, uid).await;
     assert!(stored.contains(&format!("UID:{uid}")), "{stored}");
     assert!(stored.contains("SEQUENCE:0"), "{stored}");
     assert!(stored.contains(&format!("DTSTART:{debut_ics}")), "{stored}");
     assert!(stored.contains("mailto:awa.traore@exemple.ci"), "{stored}");
-    assert!(stored.contains("mailto:koffi.yao@immo-plateau.exemple.ci"), "{stored}");
+    assert!(
+        stored.contains("mailto:koffi.yao@immo-plateau.exemple.ci"),
+        "{stored}"
+    );
     let sent = mails(&smtp, 4);
     let invitation = &sent[2];
-    assert!(invitation.subject.contains("visite confirmée"), "{}", invitation.subject);
-    assert!(invitation.to.contains("awa.traore@exemple.ci") && invitation.to.contains("koffi.yao@"));
+    assert!(
+        invitation.subject.contains("visite confirmée"),
+        "{}",
+        invitation.subject
+    );
+    assert!(
+        invitation.to.contains("awa.traore@exemple.ci") && invitation.to.contains("koffi.yao@")
+    );
     assert_eq!(invitation.files.len(), 1);
     assert_eq!(invitation.files[0].0, "visite-VIS-E2E-0001.ics");
     assert_eq!(invitation.files[0].1, "text/calendar;REQUEST");
     let ics = String::from_utf8_lossy(&invitation.files[0].2).replace("\r\n ", "");
     assert!(
-        ics.contains("METHOD:REQUEST") && ics.contains(&format!("UID:{uid}")) && ics.contains("SEQUENCE:0"),
+        ics.contains("METHOD:REQUEST")
+            && ics.contains(&format!("UID:{uid}"))
+            && ics.contains("SEQUENCE:0"),
         "{ics}"
     );
-    assert!(sent[3].subject.contains("rappel de la visite"), "{}", sent[3].subject);
+    assert!(
+        sent[3].subject.contains("rappel de la visite"),
+        "{}",
+        sent[3].subject
+    );
     // The reminder SMS: one to the client, one to the agent.
     let texts: Vec<(String, String)> = sms_stub
         .hits()
@@ -552,16 +575,23 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
             let r = h.json()["outboundSMSMessageRequest"].clone();
             (
                 r["address"].as_str().unwrap().to_string(),
-                r["outboundSMSTextMessage"]["message"].as_str().unwrap().to_string(),
+                r["outboundSMSTextMessage"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert_eq!(texts[0].0, "tel:+2250707070707");
-    assert!(texts[0].1.contains("rappel, visite du bien APT-PLATEAU-12"), "{texts:?}");
+    assert!(
+        texts[0].1.contains("rappel, visite du bien APT-PLATEAU-12"),
+        "{texts:?}"
+    );
     // The visit is less than a day away: "demain" or "aujourd'hui", by the calendar day.
     assert!(
-        texts[0].1.contains("APT-PLATEAU-12 demain ") || texts[0].1.contains("APT-PLATEAU-12 aujourd'hui "),
+        texts[0].1.contains("APT-PLATEAU-12 demain ")
+            || texts[0].1.contains("APT-PLATEAU-12 aujourd'hui "),
         "{texts:?}"
     );
     assert_eq!(texts[1].0, "tel:+2250505050505");
@@ -580,10 +610,17 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     let stored = stored_event(&radicale.base, uid).await;
     assert!(stored.contains(&format!("UID:{uid}")), "{stored}");
     assert!(stored.contains("SEQUENCE:1"), "{stored}");
-    assert!(stored.contains(&format!("DTSTART:{nouveau_ics}")), "{stored}");
+    assert!(
+        stored.contains(&format!("DTSTART:{nouveau_ics}")),
+        "{stored}"
+    );
     let sent = mails(&smtp, 5);
     let update = &sent[4];
-    assert!(update.subject.contains("visite reprogrammée"), "{}", update.subject);
+    assert!(
+        update.subject.contains("visite reprogrammée"),
+        "{}",
+        update.subject
+    );
     let ics = String::from_utf8_lossy(&update.files[0].2).replace("\r\n ", "");
     assert!(
         ics.contains(&format!("UID:{uid}"))
@@ -602,11 +639,22 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     let cancelled = api.wait_status(&visite, &admin, "completed").await;
     assert_eq!(cancelled["data"]["statut"], "annulee", "{cancelled}");
     let stored = stored_event(&radicale.base, uid).await;
-    assert!(stored.contains("STATUS:CANCELLED") && stored.contains("SEQUENCE:2"), "{stored}");
+    assert!(
+        stored.contains("STATUS:CANCELLED") && stored.contains("SEQUENCE:2"),
+        "{stored}"
+    );
     let sent = mails(&smtp, 6);
     let annulation = &sent[5];
-    assert!(annulation.subject.contains("annulée"), "{}", annulation.subject);
-    assert!(annulation.text.contains("Motif : bien déjà loué."), "{}", annulation.text);
+    assert!(
+        annulation.subject.contains("annulée"),
+        "{}",
+        annulation.subject
+    );
+    assert!(
+        annulation.text.contains("Motif : bien déjà loué."),
+        "{}",
+        annulation.text
+    );
     assert_eq!(annulation.files[0].1, "text/calendar;CANCEL");
     let ics = String::from_utf8_lossy(&annulation.files[0].2).replace("\r\n ", "");
     assert!(
@@ -629,7 +677,8 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     .await;
     let done = api.wait_status(&visite2, &admin, "completed").await;
     assert_eq!(done["data"]["statut"], "effectuee", "{done}");
-    api.wait_step(&prospect, &admin, "interaction_recue", 1).await;
+    api.wait_step(&prospect, &admin, "interaction_recue", 1)
+        .await;
     let _ = mails(&smtp, 7); // its invitation (no reminder: the visit had begun)
 
     // ---- The lease: contract PDF, two signatures, entry invoice, the lead converted ----
@@ -663,7 +712,10 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     let contrat = &sent[7];
     let numero = format!("BAIL-{year}-0001");
     assert!(contrat.subject.contains(&numero), "{}", contrat.subject);
-    assert!(contrat.to.contains("awa.traore@exemple.ci") && contrat.to.contains("mariam.diabate@exemple.ci"));
+    assert!(
+        contrat.to.contains("awa.traore@exemple.ci")
+            && contrat.to.contains("mariam.diabate@exemple.ci")
+    );
     assert_eq!(contrat.files[0].0, format!("{numero}.pdf"));
     let pdf = &contrat.files[0].2;
     assert!(pdf.starts_with(b"%PDF-"));
@@ -678,7 +730,10 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         "150 000 FCFA",
         "300 000 FCFA",
     ] {
-        assert!(text.contains(expected), "`{expected}` missing from the contract:\n{text}");
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from the contract:\n{text}"
+        );
     }
     for partie in ["locataire", "bailleur"] {
         let signed = api
@@ -689,8 +744,13 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
             )
             .await;
         assert_eq!(signed["reached"], json!([bail]), "{signed}");
-        api.wait_step(&bail, &admin, "toutes_signatures", if partie == "locataire" { 1 } else { 2 })
-            .await;
+        api.wait_step(
+            &bail,
+            &admin,
+            "toutes_signatures",
+            if partie == "locataire" { 1 } else { 2 },
+        )
+        .await;
     }
     // The lease waits for the first monthly rent call, after its entry invoice.
     api.wait_step(&bail, &admin, "prochain_appel", 1).await;
@@ -715,13 +775,19 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     assert_eq!(body["clientCompanyName"], "Awa Traoré", "{body}");
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "{body}");
-    assert!(items.iter().all(|it| it["taxes"] == json!(["TVAD"])), "{body}");
+    assert!(
+        items.iter().all(|it| it["taxes"] == json!(["TVAD"])),
+        "{body}"
+    );
     let sent = mails(&smtp, 9);
     let invoice = &sent[8];
     assert!(invoice.subject.contains(&facture), "{}", invoice.subject);
     assert_eq!(invoice.files[0].0, format!("{facture}.pdf"));
     let text = pdf_extract::extract_text_from_mem(&invoice.files[0].2).unwrap();
-    assert!(text.contains("Dépôt de garantie (2 mois de loyer)"), "{text}");
+    assert!(
+        text.contains("Dépôt de garantie (2 mois de loyer)"),
+        "{text}"
+    );
     assert!(
         text.contains("Facture normalisée (FNE) n° 2400123A26000000000"),
         "the FNE reference on the PDF: {text}"
@@ -736,19 +802,48 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         .iter()
         .map(|e| e["type"].as_str().unwrap())
         .collect();
-    assert_eq!(journal, ["capture", "appel", "visite", "conversion"], "{lead}");
+    assert_eq!(
+        journal,
+        ["capture", "appel", "visite", "conversion"],
+        "{lead}"
+    );
 
     // Every case of the pack replays as it was recorded (the invoice's too).
     let factures = api.get("/api/v1/instances?workflow=facture", &admin).await;
     let invoice_case = factures["items"][0]["id"].as_str().unwrap().to_string();
     let certifications = api
-        .get("/api/v1/instances?workflow=certification_facture_fne", &admin)
+        .get(
+            "/api/v1/instances?workflow=certification_facture_fne",
+            &admin,
+        )
         .await;
-    assert_eq!(certifications["items"].as_array().unwrap().len(), 1, "{certifications}");
-    assert_eq!(certifications["items"][0]["business_key"], facture.as_str(), "{certifications}");
-    assert_eq!(certifications["items"][0]["parent_id"], invoice_case.as_str(), "{certifications}");
-    let certification_case = certifications["items"][0]["id"].as_str().unwrap().to_string();
-    for c in [&prospect, &visite, &visite2, &bail, &invoice_case, &certification_case] {
+    assert_eq!(
+        certifications["items"].as_array().unwrap().len(),
+        1,
+        "{certifications}"
+    );
+    assert_eq!(
+        certifications["items"][0]["business_key"],
+        facture.as_str(),
+        "{certifications}"
+    );
+    assert_eq!(
+        certifications["items"][0]["parent_id"],
+        invoice_case.as_str(),
+        "{certifications}"
+    );
+    let certification_case = certifications["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for c in [
+        &prospect,
+        &visite,
+        &visite2,
+        &bail,
+        &invoice_case,
+        &certification_case,
+    ] {
         let (s, report) = api
             .call(
                 reqwest::Method::POST,

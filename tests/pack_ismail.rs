@@ -752,7 +752,10 @@ connectors:
         .expect("the invoice as a PDF");
     let text = pdf_extract::extract_text_from_mem(&pdf_part.get_body_raw().unwrap()).unwrap();
     assert!(text.contains(&format!("Facture n° {fac}")), "{text}");
-    assert!(text.contains(&reference), "the FNE reference on the PDF: {text}");
+    assert!(
+        text.contains(&reference),
+        "the FNE reference on the PDF: {text}"
+    );
     assert!(text.contains("184 269 FCFA"), "{text}");
     // The FNE is low on stickers: the accountants are told.
     let alert = mails
@@ -786,12 +789,22 @@ connectors:
     let signed_at: Vec<usize> = (before..hits.len())
         .filter(|&i| hits[i].path == "/ws/external/invoices/sign")
         .collect();
-    assert_eq!(signed_at.len(), 1, "one signature only: {:?}", &hits[before..]);
+    assert_eq!(
+        signed_at.len(),
+        1,
+        "one signature only: {:?}",
+        &hits[before..]
+    );
     let lookups = hits[before..]
         .iter()
         .filter(|h| h.method == "GET" && h.query.contains("idempotencyKey="))
         .count();
-    assert_eq!(lookups, 1, "the second attempt looked the first up: {:?}", &hits[before..]);
+    assert_eq!(
+        lookups,
+        1,
+        "the second attempt looked the first up: {:?}",
+        &hits[before..]
+    );
     assert_eq!(
         out["reference"],
         format!("2400123A26{:09}", signed_at[0]),

@@ -48,7 +48,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn b64(data: &[u8]) -> String {
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -242,7 +246,10 @@ impl Api {
             }) {
                 return t.clone();
             }
-            assert!(Instant::now() < deadline, "no open task for {case}: {tasks}");
+            assert!(
+                Instant::now() < deadline,
+                "no open task for {case}: {tasks}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -296,7 +303,10 @@ fn qr_in_pdf(pdf: &[u8]) -> Vec<Vec<bool>> {
             rects.push([n[0], n[1], n[2], n[3]]);
         }
     }
-    assert!(!rects.is_empty(), "no filled rectangle (QR code) in the PDF");
+    assert!(
+        !rects.is_empty(),
+        "no filled rectangle (QR code) in the PDF"
+    );
     // The QR code's rectangles are all one module high.
     let module = rects[0][3];
     let rects: Vec<_> = rects
@@ -326,7 +336,11 @@ fn qr_of(text: &str) -> Vec<Vec<bool>> {
     let n = code.width();
     let colors = code.to_colors();
     (0..n)
-        .map(|r| (0..n).map(|c| colors[r * n + c] == qrcode::Color::Dark).collect())
+        .map(|r| {
+            (0..n)
+                .map(|c| colors[r * n + c] == qrcode::Color::Dark)
+                .collect()
+        })
         .collect()
 }
 
@@ -390,7 +404,9 @@ fn sms_to(stub: &Stub, to: &str) -> Vec<String> {
         .iter()
         .filter(|h: &&Hit| h.path != "/oauth/v3/token")
         .map(|h| h.json()["outboundSMSMessageRequest"].clone())
-        .filter(|r| r["address"] == json!([format!("tel:{to}")]) || r["address"] == format!("tel:{to}"))
+        .filter(|r| {
+            r["address"] == json!([format!("tel:{to}")]) || r["address"] == format!("tel:{to}")
+        })
         .map(|r| {
             r["outboundSMSTextMessage"]["message"]
                 .as_str()
@@ -506,7 +522,9 @@ connectors:
     let mut cases = Vec::new();
     let today = chrono::Utc::now().date_naive();
     let aammjj = today.format("%y%m%d").to_string();
-    let validite = (today + chrono::Months::new(12)).format("%Y-%m-%d").to_string();
+    let validite = (today + chrono::Months::new(12))
+        .format("%Y-%m-%d")
+        .to_string();
 
     // ---- Ten sign-ups at once: ten different IDs in the seed's format ----
     let mut handles = Vec::new();
@@ -538,12 +556,17 @@ connectors:
         assert_eq!(&id[..8], format!("CI{aammjj}"), "{id}");
         assert_eq!(&id[8..9], "-", "{id}");
         assert!(
-            id[9..13].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()),
+            id[9..13]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()),
             "{id}"
         );
         assert_eq!(&id[13..], "-PT", "{id}");
         ids.insert(id.clone());
-        let started = out["carte"]["started"].as_array().cloned().unwrap_or_default();
+        let started = out["carte"]["started"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(started.len(), 1, "the card case: {out}");
         cards.push((id, started[0].as_str().unwrap().to_string()));
     }
@@ -574,7 +597,10 @@ connectors:
     assert_eq!(claims["statut"], "actif", "{claims}");
     assert_eq!(claims["validite"], validite.as_str(), "{claims}");
     assert_eq!(claims["iss"], "ISMAIL", "{claims}");
-    assert!(claims["iat"].is_number() && claims["exp"].is_number(), "{claims}");
+    assert!(
+        claims["iat"].is_number() && claims["exp"].is_number(),
+        "{claims}"
+    );
     // A short-lived token: 30 days (params.duree_jeton), not the card's 12 months.
     let exp0 = claims["exp"].as_i64().unwrap();
     let lifetime = exp0 - claims["iat"].as_i64().unwrap();
@@ -587,7 +613,10 @@ connectors:
         "a re-signature is scheduled: {c}"
     );
     let qr_fin = date_fr(exp0);
-    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()), "{claims}");
+    assert!(
+        claims["jti"].as_str().is_some_and(|j| !j.is_empty()),
+        "{claims}"
+    );
     let first_jti = claims["jti"].clone();
 
     wait_until("the ten activation emails", || smtp.messages().len() >= 10).await;
@@ -598,11 +627,24 @@ connectors:
         subject,
         "ISMAIL : votre compte est activé, voici votre carte professionnelle"
     );
-    assert!(text.contains(&format!("Votre identifiant ISMAIL : {id0}")), "{text}");
-    assert!(text.contains(&format!("QR code valable jusqu'au {qr_fin}")), "{text}");
+    assert!(
+        text.contains(&format!("Votre identifiant ISMAIL : {id0}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("QR code valable jusqu'au {qr_fin}")),
+        "{text}"
+    );
     assert_eq!(pdfs.len(), 1, "the card as a PDF");
     let qr_line = format!("QR code valable jusqu'au {qr_fin}");
-    for want in [id0.as_str(), "Carte d'identité professionnelle", "Partenaire", "Actif", "KOUASSI", qr_line.as_str()] {
+    for want in [
+        id0.as_str(),
+        "Carte d'identité professionnelle",
+        "Partenaire",
+        "Actif",
+        "KOUASSI",
+        qr_line.as_str(),
+    ] {
         assert!(pdfs[0].0.contains(want), "{want} in {}", pdfs[0].0);
     }
     // The QR code drawn in the card PDF is the QR code of the signed token.
@@ -611,7 +653,10 @@ connectors:
         qr_of(jeton["token"].as_str().unwrap()),
         "the card's QR code holds the token"
     );
-    wait_until("the ten activation SMS", || sms_to(&orange_stub, "+2250707000009").len() == 1).await;
+    wait_until("the ten activation SMS", || {
+        sms_to(&orange_stub, "+2250707000009").len() == 1
+    })
+    .await;
     let sms = sms_to(&orange_stub, "+2250707000000");
     assert_eq!(
         sms,
@@ -620,11 +665,18 @@ connectors:
 
     // ---- An expired ID card: compliance asks for more, gets it, approves ----
     let review = api
-        .start(&system, "inscription_kyc", example("inscription_client_piece_expiree.json"))
+        .start(
+            &system,
+            "inscription_kyc",
+            example("inscription_client_piece_expiree.json"),
+        )
         .await;
     let task = api.open_task(&review, &conformite).await;
     assert!(
-        task["title"].as_str().unwrap().contains("risque moyen (50 points)"),
+        task["title"]
+            .as_str()
+            .unwrap()
+            .contains("risque moyen (50 points)"),
         "{task}"
     );
     api.complete(
@@ -634,8 +686,10 @@ connectors:
         json!({"motif": "une pièce d'identité en cours de validité"}),
     )
     .await;
-    api.wait_for(&review, &admin, |c| c["current_step"] == "attente_complements")
-        .await;
+    api.wait_for(&review, &admin, |c| {
+        c["current_step"] == "attente_complements"
+    })
+    .await;
     wait_until("the request for documents", || {
         !mails_to(&smtp, "moussa.traore@exemple.ci").is_empty()
     })
@@ -645,14 +699,28 @@ connectors:
         subject,
         "ISMAIL : pièces complémentaires pour votre inscription INS-2026-0102"
     );
-    assert!(text.contains("une pièce d'identité en cours de validité"), "{text}");
+    assert!(
+        text.contains("une pièce d'identité en cours de validité"),
+        "{text}"
+    );
     let v = api
-        .event(&system, "pieces_complementaires", example("pieces_complementaires.json"))
+        .event(
+            &system,
+            "pieces_complementaires",
+            example("pieces_complementaires.json"),
+        )
         .await;
     assert_eq!(v["reached"], json!([review.clone()]), "{v}");
     let task = api.open_task(&review, &conformite).await;
-    assert!(task["title"].as_str().unwrap().contains("risque faible (0 points)"), "{task}");
-    api.complete(&task, &conformite, "approuver", json!({})).await;
+    assert!(
+        task["title"]
+            .as_str()
+            .unwrap()
+            .contains("risque faible (0 points)"),
+        "{task}"
+    );
+    api.complete(&task, &conformite, "approuver", json!({}))
+        .await;
     let out = api.wait_output(&review, &admin).await;
     assert_eq!(out["statut"], "approuvee", "{out}");
     assert_eq!(out["soumissions"], 2, "{out}");
@@ -660,32 +728,49 @@ connectors:
     assert_eq!(out["revues"][1]["decision"], "approuver", "{out}");
     assert_eq!(out["revues"][1]["par"], "fatou", "{out}");
     let id_client = out["identifiant"].as_str().unwrap().to_string();
-    assert!(id_client.starts_with(&format!("CI{aammjj}-")) && id_client.ends_with("-CL"), "{id_client}");
+    assert!(
+        id_client.starts_with(&format!("CI{aammjj}-")) && id_client.ends_with("-CL"),
+        "{id_client}"
+    );
     assert!(!ids.contains(&id_client));
     cases.push(review);
 
     // ---- Card 1 suspended, then reactivated: a new token, still valid ----
     let (id1, card1) = cards[1].clone();
     let v = api
-        .event(&system, "suspension_carte", json!({"identifiant": id1, "motif": "contrôle de conformité"}))
+        .event(
+            &system,
+            "suspension_carte",
+            json!({"identifiant": id1, "motif": "contrôle de conformité"}),
+        )
         .await;
     assert_eq!(v["reached"], json!([card1.clone()]), "{v}");
-    api.wait_for(&card1, &admin, |c| c["data"]["statut"] == "suspendu" && c["current_step"] == "attente_suspendue")
-        .await;
-    wait_until("the suspension SMS", || sms_to(&orange_stub, "+2250707000001").len() == 2).await;
+    api.wait_for(&card1, &admin, |c| {
+        c["data"]["statut"] == "suspendu" && c["current_step"] == "attente_suspendue"
+    })
+    .await;
+    wait_until("the suspension SMS", || {
+        sms_to(&orange_stub, "+2250707000001").len() == 2
+    })
+    .await;
     let v = api
         .event(&system, "reactivation_carte", json!({"identifiant": id1}))
         .await;
     assert_eq!(v["reached"], json!([card1.clone()]), "{v}");
     let c = api
-        .wait_for(&card1, &admin, |c| c["data"]["edition"] == 2 && c["current_step"] == "attente_echeance")
+        .wait_for(&card1, &admin, |c| {
+            c["data"]["edition"] == 2 && c["current_step"] == "attente_echeance"
+        })
         .await;
     assert_eq!(c["data"]["statut"], "actif", "{c}");
     let claims = verify(c["data"]["jeton"]["token"].as_str().unwrap(), &public_key);
     assert_eq!(claims["id"], id1.as_str());
     assert_eq!(claims["statut"], "actif");
     assert_ne!(claims["jti"], first_jti);
-    wait_until("the reactivation email", || mails_to(&smtp, "partenaire1@exemple.ci").len() == 3).await;
+    wait_until("the reactivation email", || {
+        mails_to(&smtp, "partenaire1@exemple.ci").len() == 3
+    })
+    .await;
     let subjects_after: Vec<String> = mails_to(&smtp, "partenaire1@exemple.ci")
         .into_iter()
         .map(|m| m.0)
@@ -734,18 +819,28 @@ connectors:
     assert_eq!(out["jetons"][0]["jti"], first_jti, "{out}");
     // No token signed after the revocation: the last one lapses at its expiry.
     assert_eq!(out["jetons"].as_array().unwrap().len(), 1, "{out}");
-    let last = chrono::DateTime::parse_from_rfc3339(out["dernier_jeton_expire_le"].as_str().unwrap())
-        .unwrap()
-        .timestamp();
+    let last =
+        chrono::DateTime::parse_from_rfc3339(out["dernier_jeton_expire_le"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
     assert_eq!(last, exp0, "{out}");
-    wait_until("the revocation email", || mails_to(&smtp, "partenaire0@exemple.ci").len() == 2).await;
+    wait_until("the revocation email", || {
+        mails_to(&smtp, "partenaire0@exemple.ci").len() == 2
+    })
+    .await;
     let (subject, text, _) = mails_to(&smtp, "partenaire0@exemple.ci").remove(1);
     assert_eq!(
         subject,
         format!("ISMAIL : votre carte professionnelle {id0} est révoquée")
     );
-    assert!(text.contains("Motif : fraude documentaire avérée"), "{text}");
-    wait_until("the revocation SMS", || sms_to(&orange_stub, "+2250707000000").len() == 2).await;
+    assert!(
+        text.contains("Motif : fraude documentaire avérée"),
+        "{text}"
+    );
+    wait_until("the revocation SMS", || {
+        sms_to(&orange_stub, "+2250707000000").len() == 2
+    })
+    .await;
     assert_eq!(
         sms_to(&orange_stub, "+2250707000000")[1],
         format!("ISMAIL : votre carte professionnelle {id0} est révoquée (fraude documentaire avérée). Son QR code cesse d'être valide au plus tard le {qr_fin}. Contact : conformite@ismail.exemple.ci\n")

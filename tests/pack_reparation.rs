@@ -608,7 +608,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     assert!(quote.contains("Total TTC : 70 800 FCFA"), "{quote}");
     sms_with(&orange, "70 800 FCFA TTC").await;
     api.wait_stage(&repair, &admin, "devis").await;
-    api.wait_waiting_at(&repair, &admin, "attente_reponse_devis").await;
+    api.wait_waiting_at(&repair, &admin, "attente_reponse_devis")
+        .await;
     let v = api.event(&accueil, example("decision_devis.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
 
@@ -715,9 +716,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     assert_eq!(invoices[0]["business_key"], "REP-2611-0042");
     assert_eq!(invoices[0]["parent_id"], repair.as_str());
     let invoice_case = invoices[0]["id"].as_str().unwrap().to_string();
-    let certifications = api
-        .cases_of(&admin, "certification_facture_fne", 1)
-        .await;
+    let certifications = api.cases_of(&admin, "certification_facture_fne", 1).await;
     assert_eq!(certifications[0]["business_key"], fac.as_str());
     assert_eq!(certifications[0]["parent_id"], invoice_case.as_str());
     api.cases_of(&admin, "suivi_facture", 1).await;
@@ -738,7 +737,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         "{ready}"
     );
     // The pickup is announced once the repair waits for it (after the ready notices).
-    api.wait_waiting_at(&repair, &admin, "attente_retrait").await;
+    api.wait_waiting_at(&repair, &admin, "attente_retrait")
+        .await;
     let v = api.event(&accueil, example("appareil_retire.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
     let c = api.wait_stage(&repair, &admin, "garantie").await;
@@ -765,7 +765,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         "{c}"
     );
     assert_eq!(c["data"]["essais"], 2, "{c}");
-    api.wait_waiting_at(&repair, &admin, "attente_reclamation").await;
+    api.wait_waiting_at(&repair, &admin, "attente_reclamation")
+        .await;
 
     // ---- 6. A warranty claim opens a warranty repair; it is then cancelled ----
     let v = api
@@ -824,7 +825,11 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         let c = api
             .get(&format!("/api/v1/instances/{repair}"), &admin)
             .await;
-        if c["data"]["annulations_refusees"].as_array().map_or(0, |a| a.len()) == 1 {
+        if c["data"]["annulations_refusees"]
+            .as_array()
+            .map_or(0, |a| a.len())
+            == 1
+        {
             refused = c;
             break;
         }
@@ -835,7 +840,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         "{refused}"
     );
     assert_eq!(refused["data"]["statut"], "terminee", "{refused}");
-    api.wait_waiting_at(&repair, &admin, "attente_reclamation").await;
+    api.wait_waiting_at(&repair, &admin, "attente_reclamation")
+        .await;
     // Both repairs are over for the technician: her load is back to 0 on the ledger.
     let loads = api
         .get("/api/v1/ledger/accounts?prefix=charge/", &admin)

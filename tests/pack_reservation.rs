@@ -189,7 +189,10 @@ impl Api {
                     w["correlation"].clone(),
                 );
             }
-            assert!(Instant::now() < deadline, "case {case} waits for nothing: {c}");
+            assert!(
+                Instant::now() < deadline,
+                "case {case} waits for nothing: {c}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -303,7 +306,12 @@ impl Api {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| (a["account"].as_str().unwrap().to_string(), num(&a["balance"])))
+            .map(|a| {
+                (
+                    a["account"].as_str().unwrap().to_string(),
+                    num(&a["balance"]),
+                )
+            })
             .collect()
     }
 }
@@ -494,8 +502,12 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
 
     // ---- 2. The three pay: confirmation with the invitation, calendar publication ----
     for (r, _) in &holding {
-        api.event(&system, "paiement_recu", json!({"reservation": r, "montant": 500}))
-            .await;
+        api.event(
+            &system,
+            "paiement_recu",
+            json!({"reservation": r, "montant": 500}),
+        )
+        .await;
     }
     for (_, c) in &holding {
         // Confirmed, and waiting for the reminder, the day before the slot.
@@ -516,8 +528,15 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         let code = case["data"]["qr"]["code"].as_str().unwrap().to_string();
         assert_eq!(code.len(), 14, "{code}");
         assert!(code.starts_with("RSV-"), "{code}");
-        assert!(code[4..].chars().all(|ch| ch.is_ascii_alphanumeric()), "{code}");
-        assert_eq!(case["data"]["qr"]["charge_utile"], format!("{r}:{code}"), "{case}");
+        assert!(
+            code[4..].chars().all(|ch| ch.is_ascii_alphanumeric()),
+            "{code}"
+        );
+        assert_eq!(
+            case["data"]["qr"]["charge_utile"],
+            format!("{r}:{code}"),
+            "{case}"
+        );
         codes.push(code);
     }
     let mut distinct = codes.clone();
@@ -572,19 +591,28 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     assert!(ics.contains("SEQUENCE:0"), "{ics}");
 
     // ---- 3. A cancellation (four days ahead: full refund) promotes rank 1, not rank 2 ----
-    api.event(&system, "annulation_demandee", json!({"reservation": first_ref}))
-        .await;
+    api.event(
+        &system,
+        "annulation_demandee",
+        json!({"reservation": first_ref}),
+    )
+    .await;
     let out = api.output(&first_case, &admin).await;
     assert_eq!(out["statut"], "annulee", "{out}");
     assert_eq!(num(&out["rembourse"]), num(&out["montant_paye"]), "{out}");
     assert_eq!(num(&out["penalite"]), 0.0, "{out}");
     let (_, rank1_ref, rank1_case) = waiting[0].clone();
     let (_, rank2_ref, rank2_case) = waiting[1].clone();
-    api.wait_for_event(&rank1_case, &admin, "paiement_recu").await;
-    let promoted_case = api.wait_statut(&rank1_case, &admin, "en_attente_paiement").await;
+    api.wait_for_event(&rank1_case, &admin, "paiement_recu")
+        .await;
+    let promoted_case = api
+        .wait_statut(&rank1_case, &admin, "en_attente_paiement")
+        .await;
     assert_eq!(promoted_case["data"]["promu"], true, "{promoted_case}");
     assert_eq!(promoted_case["data"]["rang"], 1, "{promoted_case}");
-    let corr = api.wait_for_event(&rank2_case, &admin, "place_liberee").await;
+    let corr = api
+        .wait_for_event(&rank2_case, &admin, "place_liberee")
+        .await;
     assert_eq!(corr["rang"], 2, "{corr}");
     let promoted = mails_with(&smtp, "paiement à effectuer", 4);
     assert!(
@@ -618,20 +646,35 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     assert_eq!(s, 200, "{done}");
     let refunded = api.output(&refund, &admin).await;
     assert_eq!(refunded["statut"], "rembourse", "{refunded}");
-    assert_eq!(num(&refunded["montant"]), num(&out["rembourse"]), "{refunded}");
+    assert_eq!(
+        num(&refunded["montant"]),
+        num(&out["rembourse"]),
+        "{refunded}"
+    );
     let confirmation = mails_with(&smtp, &format!("{first_ref} : remboursement de"), 1);
     let body = plain_text(&mailparse::parse_mail(&confirmation[0]).unwrap());
     assert!(body.contains("RMB-E2E-1"), "{body}");
 
     // ---- 4. A second cancellation promotes rank 2 ----
     let (second_ref, second_case) = holding[1].clone();
-    api.event(&system, "annulation_demandee", json!({"reservation": second_ref}))
-        .await;
+    api.event(
+        &system,
+        "annulation_demandee",
+        json!({"reservation": second_ref}),
+    )
+    .await;
     assert_eq!(api.output(&second_case, &admin).await["statut"], "annulee");
-    api.wait_for_event(&rank2_case, &admin, "paiement_recu").await;
-    let promoted_case = api.wait_statut(&rank2_case, &admin, "en_attente_paiement").await;
+    api.wait_for_event(&rank2_case, &admin, "paiement_recu")
+        .await;
+    let promoted_case = api
+        .wait_statut(&rank2_case, &admin, "en_attente_paiement")
+        .await;
     assert_eq!(promoted_case["data"]["rang"], 2, "{promoted_case}");
-    mails_with(&smtp, &format!("{rank2_ref} : Kayak dans le lagon, paiement"), 1);
+    mails_with(
+        &smtp,
+        &format!("{rank2_ref} : Kayak dans le lagon, paiement"),
+        1,
+    );
 
     // The ledger: still three places taken, both ranks promoted.
     assert_eq!(
@@ -661,7 +704,10 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         .map(|p| num(&p["amount"]))
         .collect();
     assert_eq!(amounts.len(), 7, "{postings}");
-    assert!(amounts.iter().all(|a| *a == 1.0 || *a == -1.0), "{postings}");
+    assert!(
+        amounts.iter().all(|a| *a == 1.0 || *a == -1.0),
+        "{postings}"
+    );
     assert_eq!(amounts.iter().sum::<f64>(), 3.0, "{postings}");
 
     // ---- 5. Every history replays as it was recorded ----

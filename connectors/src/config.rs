@@ -268,7 +268,13 @@ mod tests {
             ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
                 .unwrap();
         let key = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-        let env = move |v: &str| Some(if v == "K" { key.clone() } else { "secret".into() });
+        let env = move |v: &str| {
+            Some(if v == "K" {
+                key.clone()
+            } else {
+                "secret".into()
+            })
+        };
         let built = load_text(text, &env).unwrap().catalog();
         let declared = declared(text);
         assert_eq!(declared.len(), 7);
