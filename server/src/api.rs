@@ -1278,11 +1278,6 @@ async fn verify_audit(
     ))
 }
 
-/// An exact decimal as a JSON number (its scale kept: `60.50`).
-fn decimal_json(d: dossier_store::Decimal) -> Value {
-    serde_json::from_str(&d.to_string()).unwrap_or(Value::Null)
-}
-
 /// `GET /ledger/accounts?prefix=credits/`: the accounts whose name starts with the prefix (all
 /// without one), with their balances.
 async fn list_ledger_accounts(
@@ -1297,7 +1292,7 @@ async fn list_ledger_accounts(
     let rows = state.store().ledger_accounts(&prefix).await?;
     let items: Vec<Value> = rows
         .iter()
-        .map(|a| json!({"account": a.account, "balance": decimal_json(a.balance), "postings": a.postings}))
+        .map(|a| json!({"account": a.account, "balance": dossier_runtime::ledger::decimal_json(a.balance), "postings": a.postings}))
         .collect();
     Ok(Json(
         json!({"prefix": prefix, "count": items.len(), "items": items}),
@@ -1334,8 +1329,8 @@ async fn list_ledger_postings(
         .map(|r| {
             json!({
                 "seq": r.seq,
-                "amount": decimal_json(r.amount),
-                "balance": decimal_json(r.balance),
+                "amount": dossier_runtime::ledger::decimal_json(r.amount),
+                "balance": dossier_runtime::ledger::decimal_json(r.balance),
                 "instance_id": r.case_id,
                 "effect_key": r.key,
                 "at": time_text(r.at),
@@ -1344,7 +1339,7 @@ async fn list_ledger_postings(
         .collect();
     Ok(Json(json!({
         "account": account,
-        "balance": decimal_json(before),
+        "balance": dossier_runtime::ledger::decimal_json(before),
         "count": items.len(),
         "consistent": consistent,
         "items": items,

@@ -1200,14 +1200,14 @@ impl<'a> Checker<'a> {
             u.pattern.as_str(),
             ExprContext::Case,
         );
-        // A pattern read from elsewhere (`params.format_id`) is checked when the step runs.
-        let literal = !u.pattern.as_str().contains('.');
-        if literal
-            && !u
-                .pattern
-                .as_str()
-                .contains(crate::UniqueIdSpec::PLACEHOLDER)
-        {
+        // Without `{random}` in its text, the placeholder can only come from a variable the
+        // pattern reads (`params.format_id`): that is checked when the step runs.
+        let source = u.pattern.as_str();
+        let reads_nothing = self
+            .catalog
+            .check_expr(source)
+            .is_ok_and(|free| free.is_empty());
+        if reads_nothing && !source.contains(crate::UniqueIdSpec::PLACEHOLDER) {
             self.error(
                 self.value(&format!("{up}.pattern")),
                 "the pattern has no `{random}`: every case would get the same identifier",

@@ -1893,29 +1893,19 @@ fn dispatch_effect(inner: &Arc<Inner>, job: EffectJob) {
             hand_back(&inner, key, parent, event);
             return;
         }
-        if job.connector == dossier_core::NUMBERING_CONNECTOR {
-            let event = allocate_number(&inner, &job).await;
-            hand_back(&inner, key, job.case_id, event);
-            return;
-        }
-        if job.connector == dossier_core::LEDGER_CONNECTOR {
-            let at = inner.clock.now().timestamp_millis();
-            let event =
-                crate::ledger::post(&*inner.store, &job.key, &job.case_id, at, &job.request).await;
-            hand_back(&inner, key, job.case_id, event);
-            return;
-        }
-        if job.connector == dossier_core::IDS_CONNECTOR {
-            let at = inner.clock.now().timestamp_millis();
-            let event = crate::ids::claim(
-                &*inner.store,
-                &crate::ids::Source::System,
-                &job.key,
-                &job.case_id,
-                at,
-                &job.request,
-            )
-            .await;
+        let at = inner.clock.now().timestamp_millis();
+        let source = crate::ids::Source::System;
+        if let Some(event) = crate::numbering::internal_effect(
+            &*inner.store,
+            &source,
+            &job.connector,
+            &job.key,
+            &job.case_id,
+            at,
+            &job.request,
+        )
+        .await
+        {
             hand_back(&inner, key, job.case_id, event);
             return;
         }
@@ -1995,29 +1985,6 @@ async fn emit_event(inner: &Arc<Inner>, job: &EffectJob) -> Event {
         Err(e) => Event::EffectFailed {
             key: job.key.clone(),
             error: format!("cannot deliver the event `{name}`: {e}"),
-            retryable: true,
-        },
-    }
-}
-
-/// Gives a `number` step its number: allocated in the store, the same for the same key.
-async fn allocate_number(inner: &Inner, job: &EffectJob) -> Event {
-    let ask = crate::numbering::Ask::of(&job.request);
-    let req = dossier_store::NumberRequest {
-        series: ask.series.clone(),
-        period: ask.period.clone(),
-        key: job.key.clone(),
-        case_id: job.case_id.clone(),
-        at: inner.clock.now().timestamp_millis(),
-    };
-    match inner.store.allocate_number(&req).await {
-        Ok(a) => ask.answer(job.key.clone(), a.seq),
-        Err(e) => Event::EffectFailed {
-            key: job.key.clone(),
-            error: format!(
-                "cannot allocate a number of the series `{}` ({}): {e}",
-                ask.series, ask.period
-            ),
             retryable: true,
         },
     }

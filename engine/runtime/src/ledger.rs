@@ -49,8 +49,9 @@ pub(crate) fn request(
     })
 }
 
-/// A decimal as an exact JSON number (its own scale kept: `60.50`).
-fn number(d: Decimal) -> Value {
+/// A decimal as an exact JSON number (its own scale kept: `60.50`); the API answers balances
+/// the same way.
+pub fn decimal_json(d: Decimal) -> Value {
     serde_json::from_str(&d.to_string()).unwrap_or(Value::Null)
 }
 
@@ -63,8 +64,8 @@ pub(crate) fn answer(key: String, outcome: LedgerOutcome) -> Event {
             result: json!({
                 "postings": postings.iter().map(|p| json!({
                     "account": p.account,
-                    "amount": number(p.amount),
-                    "balance": number(p.balance),
+                    "amount": decimal_json(p.amount),
+                    "balance": decimal_json(p.balance),
                 })).collect::<Vec<_>>(),
             }),
         },

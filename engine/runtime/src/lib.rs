@@ -12,7 +12,7 @@ pub mod casefile;
 pub mod cron;
 pub mod engine;
 mod ids;
-mod ledger;
+pub mod ledger;
 pub mod metrics;
 mod numbering;
 pub mod programs;

@@ -52,10 +52,8 @@ pub struct Simulation<'p> {
     waits: Vec<(String, String, String, String)>,
     pub tasks: BTreeMap<String, SimTask>,
     effects: VecDeque<(String, Action)>,
-    /// `number` steps' series, counted in memory.
-    numbers: crate::numbering::MemoryNumbers,
-    /// `ledger` steps' accounts and `unique_id` steps' identifiers, in memory.
-    ledger: dossier_store::memory::MemoryStore,
+    /// `number` steps' series, `ledger` steps' accounts and `unique_id` steps' identifiers.
+    store: dossier_store::memory::MemoryStore,
     connectors: BTreeMap<String, Arc<RecordingConnector>>,
     /// Every connector call in order, with the virtual time it happened.
     pub calls: Vec<(DateTime<Utc>, Recorded)>,
@@ -79,8 +77,7 @@ impl<'p> Simulation<'p> {
             waits: Vec::new(),
             tasks: BTreeMap::new(),
             effects: VecDeque::new(),
-            numbers: Default::default(),
-            ledger: Default::default(),
+            store: Default::default(),
             connectors: BTreeMap::new(),
             calls: Vec::new(),
             timeline: Vec::new(),
@@ -134,13 +131,13 @@ impl<'p> Simulation<'p> {
                 max: None,
             }],
         };
-        dossier_store::Store::post_ledger(&self.ledger, &req).await?;
+        dossier_store::Store::post_ledger(&self.store, &req).await?;
         Ok(())
     }
 
     /// Every account's balance, by name.
     pub async fn balances(&self) -> Result<BTreeMap<String, dossier_store::Decimal>> {
-        Ok(dossier_store::Store::ledger_accounts(&self.ledger, "")
+        Ok(dossier_store::Store::ledger_accounts(&self.store, "")
             .await?
             .into_iter()
             .map(|a| (a.account, a.balance))
@@ -327,18 +324,21 @@ impl<'p> Simulation<'p> {
                     attempt,
                     ..
                 } => {
-                    let event = if connector == dossier_core::NUMBERING_CONNECTOR {
-                        let ask = crate::numbering::Ask::of(&request);
-                        let seq = self.numbers.allocate(&ask, &key);
-                        ask.answer(key, seq)
-                    } else if connector == dossier_core::LEDGER_CONNECTOR {
-                        let at = self.now.timestamp_millis();
-                        crate::ledger::post(&self.ledger, &key, &case_id, at, &request).await
-                    } else if connector == dossier_core::IDS_CONNECTOR {
-                        // Drawn from the key: a test gives the same identifier every run.
-                        let at = self.now.timestamp_millis();
-                        let source = crate::ids::Source::Derived(key.clone());
-                        crate::ids::claim(&self.ledger, &source, &key, &case_id, at, &request).await
+                    let at = self.now.timestamp_millis();
+                    // Identifiers drawn from the key: a test gives the same one every run.
+                    let source = crate::ids::Source::Derived(key.clone());
+                    let internal = crate::numbering::internal_effect(
+                        &self.store,
+                        &source,
+                        &connector,
+                        &key,
+                        &case_id,
+                        at,
+                        &request,
+                    )
+                    .await;
+                    let event = if let Some(event) = internal {
+                        event
                     } else {
                         let double = self.connector(&connector);
                         let effect = EffectRequest {
