@@ -11,16 +11,18 @@
 //! anything, the member terminates. A second member terminates while the period's invoice is unpaid: the invoice's
 //! follow-up goes on and takes the later payment. Every history replays.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap;
-use serde_json::{json, Value};
+use pack::{dec, of_kind, Api};
+use serde_json::json;
 use support::servers::Smtp;
 
 /// The pack's files copied into `dir` with a `dossier.yaml` pointing at this test's servers.
@@ -87,222 +89,28 @@ connectors:
     root
 }
 
-fn secrets(cmd: &mut Command) -> &mut Command {
+fn secrets(mut cmd: Command) -> Command {
     cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
         .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
-        .env("DOSSIER_FNE_API_KEY", "cle-fne")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
-struct Api {
-    base: String,
-    client: reqwest::Client,
+        .env("DOSSIER_FNE_API_KEY", "cle-fne");
+    cmd
 }
 
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert_eq!(s, 202, "{v}");
-        v
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is still {}: {c}",
-                c["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/instances/{case}/history"), key)
-            .await["events"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    /// The one case of `workflow` with this business key, once it exists.
-    async fn case_of(&self, key: &str, workflow: &str, business_key: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let list = self
-                .get(
-                    &format!("/api/v1/instances?workflow={workflow}&business_key={business_key}"),
-                    key,
-                )
-                .await;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if let Some(c) = items.first() {
-                assert_eq!(items.len(), 1, "{list}");
-                return c["id"].as_str().unwrap().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {workflow} case for {business_key}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// Waits until the case has started waiting `times` times for the event `name`.
     async fn wait_awaiting(&self, case: &str, key: &str, name: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let history = self.history(case, key).await;
-            let n = of_kind(&history, "event_awaited")
-                .iter()
-                .filter(|e| e["payload"]["event"] == name)
-                .count();
-            if n >= times {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} never waited {times} time(s) for {name}: {history:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Api {
-    /// The open task of `case` in the inbox of `role`, once it exists.
-    async fn task_of(&self, key: &str, role: &str, case: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
-            if let Some(t) = tasks["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["instance_id"] == case && t["status"] == "open")
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open {role} task for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The balance of a ledger account, as exact decimal text (`201.6`).
-    async fn balance(&self, key: &str, account: &str) -> String {
-        let v = self
-            .get(&format!("/api/v1/ledger/accounts?prefix={account}"), key)
-            .await;
-        let item = v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["account"] == account)
-            .unwrap_or_else(|| panic!("no account {account}: {v}"))
-            .clone();
-        dec(&item["balance"])
-    }
-}
-
-/// The events of one kind in a case history.
-fn of_kind<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    history.iter().filter(|e| e["kind"] == kind).collect()
-}
-
-/// A JSON number's decimal text without trailing zeros (`182.50` -> `182.5`).
-fn dec(v: &Value) -> String {
-    let t = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if t.contains('.') {
-        t.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        t
+        pack::eventually(
+            || format!("case {case} never waited {times} time(s) for {name}"),
+            || async {
+                let history = self.history(case, key).await;
+                let n = of_kind(&history, "event_awaited")
+                    .iter()
+                    .filter(|e| e["payload"]["event"] == name)
+                    .count();
+                (n >= times).then_some(())
+            },
+        )
+        .await
     }
 }
 
@@ -353,45 +161,20 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
     let root = project(dir.path(), smtp.port, server_port);
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "intranet-coworking");
-    let admin = key(&root, &db, "admin", "direction");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "intranet-coworking");
+    let admin = pack::key(&root, &db, "admin", "direction");
+    let _server = pack::serve(secrets(pack::dossier(&root)), &db, server_port);
+    let api = Api::on_port(server_port);
     let now = chrono::Utc::now();
     let today = now.format("%Y-%m-%d").to_string();
 
@@ -563,15 +346,13 @@ async fn a_subscription_is_invoiced_paid_upgraded_simulated_and_terminated() {
             .await,
         "201.6"
     );
-    let (s, done) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-            &admin,
-            Some(json!({"outcome": "rembourse", "data": {"commentaire": "virement du jour"}})),
-        )
-        .await;
-    assert_eq!(s, 200, "{done}");
+    api.complete(
+        &admin,
+        &task,
+        "rembourse",
+        json!({"commentaire": "virement du jour"}),
+    )
+    .await;
     let refunded = api.wait_status(&avoir, &admin, "completed").await;
     assert_eq!(refunded["data"]["statut"], "rembourse", "{refunded}");
     api.wait_awaiting(&abonnement, &admin, "changement_formule", 3)

@@ -9,15 +9,16 @@
 //! (`facture_passee_en_perte`: its follow-up takes the balance off the ledger and closes); the
 //! numbering registers are gapless and every history replays.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap;
+use pack::{contains, dec, Api};
 use serde_json::{json, Value};
 use support::servers::{Printer, Smtp, TicketSink};
 
@@ -80,130 +81,7 @@ connectors:
     root
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .env("DOSSIER_FNE_API_KEY", "cle-fne")
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is still {}: {c}",
-                c["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The one case of `workflow` with this business key, once it exists.
-    async fn case_of(&self, key: &str, workflow: &str, business_key: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let list = self
-                .get(
-                    &format!("/api/v1/instances?workflow={workflow}&business_key={business_key}"),
-                    key,
-                )
-                .await;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if let Some(c) = items.first() {
-                assert_eq!(items.len(), 1, "{list}");
-                return c.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {workflow} case for {business_key}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/instances/{case}/history"), key)
-            .await["events"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
     /// The output of a completed case (its `case_completed` event).
     async fn output(&self, case: &str, key: &str) -> Value {
         self.wait_status(case, key, "completed").await;
@@ -218,54 +96,17 @@ impl Api {
 
     /// Waits until a history event of `kind` whose text contains `needle` is in the case.
     async fn wait_history(&self, case: &str, key: &str, kind: &str, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let history = self.history(case, key).await;
-            if history
-                .iter()
-                .any(|e| e["kind"] == kind && e.to_string().contains(needle))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `{kind}` with `{needle}` in {case}: {history:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The open task of `case` in the `comptabilite` inbox, once it exists.
-    async fn task_of(&self, key: &str, case: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get("/api/v1/tasks?role=comptabilite", key).await;
-            if let Some(t) = tasks["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["instance_id"] == case && t["status"] == "open")
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open task for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn complete(&self, key: &str, task: &Value, outcome: &str, data: Value) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-                key,
-                Some(json!({"outcome": outcome, "data": data})),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        pack::eventually(
+            || format!("no `{kind}` with `{needle}` in {case}"),
+            || async {
+                let history = self.history(case, key).await;
+                history
+                    .iter()
+                    .any(|e| e["kind"] == kind && e.to_string().contains(needle))
+                    .then_some(())
+            },
+        )
+        .await
     }
 }
 
@@ -316,16 +157,6 @@ fn attached_pdf_text(raw: &[u8]) -> String {
     pdf_extract::extract_text_from_mem(&pdfs[0]).unwrap()
 }
 
-/// A decimal amount of a JSON answer, written without trailing zeros (`50.00` -> `50`).
-fn amount(v: &Value) -> String {
-    let text = v.to_string().trim_matches('"').to_string();
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
-    }
-}
-
 fn coworking_invoice() -> Value {
     json!({
         "reference": "ABO-2026-0042",
@@ -354,10 +185,8 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let root = project(dir.path(), smtp.port, &printer.uri, till.port, server_port);
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
+    let out = pack::dossier(&root)
         .env("DOSSIER_FNE_API_KEY", "cle-fne")
-        .arg("--project")
-        .arg(&root)
         .arg("validate")
         .output()
         .unwrap();
@@ -367,31 +196,13 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "logiciel-facturation");
-    let admin = key(&root, &db, "admin", "direction");
-    let compta = key(&root, &db, "operator,comptabilite", "compta");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .env("DOSSIER_FNE_API_KEY", "cle-fne")
-        .arg("--project")
-        .arg(&root)
-        .args(["serve", "--db", &db])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "logiciel-facturation");
+    let admin = pack::key(&root, &db, "admin", "direction");
+    let compta = pack::key(&root, &db, "operator,comptabilite", "compta");
+    let mut cmd = pack::dossier(&root);
+    cmd.env("DOSSIER_FNE_API_KEY", "cle-fne");
+    let _server = pack::serve(cmd, &db, server_port);
+    let api = Api::on_port(server_port);
     let now = chrono::Utc::now();
     let year = now.format("%Y").to_string();
     let today_fr = now.format("%d/%m/%Y").to_string();
@@ -405,11 +216,10 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let issued = api.output(&invoice, &admin).await;
     assert_eq!(issued["statut"], "envoyee", "{issued}");
     assert_eq!(issued["facture"], fac1.as_str(), "{issued}");
-    assert_eq!(amount(&issued["montant_ttc"]), "470.71", "{issued}");
-    assert_eq!(amount(&issued["total_ht"]), "397.9", "{issued}");
+    assert_eq!(dec(&issued["montant_ttc"]), "470.71", "{issued}");
+    assert_eq!(dec(&issued["total_ht"]), "397.9", "{issued}");
     assert_eq!(issued["devise"], "EUR", "{issued}");
     let follow_up = api.case_of(&admin, "suivi_facture", &fac1).await;
-    let follow_up = follow_up["id"].as_str().unwrap().to_string();
     assert_eq!(issued["suivi"], json!([follow_up]), "{issued}");
     let followed = api
         .get(&format!("/api/v1/instances/{follow_up}"), &admin)
@@ -465,8 +275,8 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let done = api.output(&cash, &admin).await;
     assert_eq!(done["statut"], "encaisse", "{done}");
     assert_eq!(done["recu"], format!("REC-{period}-0001"), "{done}");
-    assert_eq!(amount(&done["rendu"]), "50", "{done}");
-    assert_eq!(amount(&done["reste_du"]), "270.71", "{done}");
+    assert_eq!(dec(&done["rendu"]), "50", "{done}");
+    assert_eq!(dec(&done["reste_du"]), "270.71", "{done}");
     let spooled = printer.spooled(1);
     assert_eq!(spooled.len(), 1, "{spooled:?}");
     let receipt = pdf_extract::extract_text_from_mem(&std::fs::read(&spooled[0]).unwrap()).unwrap();
@@ -480,11 +290,8 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let ticket = &tickets[0];
     assert!(ticket.starts_with(&[0x1b, 0x40]), "ESC @ first");
     let number = format!("REC-{period}-0001");
-    assert!(ticket.windows(number.len()).any(|w| w == number.as_bytes()));
-    assert!(
-        ticket.windows(3).any(|w| w == [0x1d, 0x56, 0x00]),
-        "a GS V cut"
-    );
+    assert!(contains(ticket, number.as_bytes()));
+    assert!(contains(ticket, &[0x1d, 0x56, 0x00]), "a GS V cut");
     // The follow-up took the payment and lowered the balance in the ledger.
     api.wait_history(&follow_up, &admin, "effect_completed", "270.71")
         .await;
@@ -503,7 +310,7 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
             json!({"releve": statement}),
         )
         .await;
-    let task = api.task_of(&compta, &matching).await;
+    let task = api.task_of(&compta, "comptabilite", &matching).await;
     assert_eq!(
         task["title"],
         format!("Relevé du {today_fr} : VIR SEPA RECU /DE M. DUPONT JEAN /MOTIF LOCATION SALLE (180,00 €)")
@@ -533,8 +340,8 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     // The invoice is paid: its follow-up ends.
     let settled = api.output(&follow_up, &admin).await;
     assert_eq!(settled["statut"], "payee", "{settled}");
-    assert_eq!(amount(&settled["solde"]), "0", "{settled}");
-    assert_eq!(amount(&settled["paye"]), "470.71", "{settled}");
+    assert_eq!(dec(&settled["solde"]), "0", "{settled}");
+    assert_eq!(dec(&settled["paye"]), "470.71", "{settled}");
     let modes: Vec<&str> = settled["reglements"]
         .as_array()
         .unwrap()
@@ -556,7 +363,7 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
                                "prix_unitaire": 35.00, "remise": 10, "tva": "normal"}]}),
         )
         .await;
-    let task = api.task_of(&compta, &credit).await;
+    let task = api.task_of(&compta, "comptabilite", &credit).await;
     assert_eq!(
         task["title"],
         format!("Avoir AV-{period}-0001 sur la facture {fac1} (Atelier Graphique Sarl) : 113,40 € à rembourser")
@@ -584,17 +391,13 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     api.wait_status(&quote, &admin, "waiting").await;
     let dev1 = format!("DEV-{period}-0001");
     assert!(attached_pdf_text(&mail_with(&smtp, &format!("devis {dev1}"))).contains("1 620,00"));
-    let (s, v) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/events",
+    let v = api
+        .event(
             &system,
-            Some(
-                json!({"name": "reponse_devis", "payload": {"devis": dev1, "decision": "accepte"}}),
-            ),
+            "reponse_devis",
+            json!({"devis": dev1, "decision": "accepte"}),
         )
         .await;
-    assert_eq!(s, 202, "{v}");
     assert_eq!(v["reached"], json!([quote]), "{v}");
     let done = api.output(&quote, &admin).await;
     assert_eq!(done["statut"], "accepte", "{done}");
@@ -607,41 +410,24 @@ async fn invoices_payments_statement_credit_note_and_quote_end_to_end() {
     let mail = mail_with(&smtp, &format!("facture {fac2}"));
     assert!(attached_pdf_text(&mail).contains(&format!("Référence : {dev1}")));
     let second_follow_up = api.case_of(&admin, "suivi_facture", &fac2).await;
-    let second_follow_up = second_follow_up["id"].as_str().unwrap().to_string();
     api.wait_status(&second_follow_up, &admin, "waiting").await;
 
     // ---- 5b. The dunning writes the second invoice off (`facture_passee_en_perte`, as
     // relance_facture.yaml emits it): its follow-up takes the balance off the ledger and closes ----
-    let (s, v) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/events",
+    let v = api
+        .event(
             &system,
-            Some(json!({"name": "facture_passee_en_perte",
-                        "payload": {"facture": fac2, "montant": 1620.00}})),
+            "facture_passee_en_perte",
+            json!({"facture": fac2, "montant": 1620.00}),
         )
         .await;
-    assert_eq!(s, 202, "{v}");
     assert_eq!(v["reached"], json!([second_follow_up]), "{v}");
     let lost = api.output(&second_follow_up, &admin).await;
     assert_eq!(lost["statut"], "passee_en_perte", "{lost}");
-    assert_eq!(amount(&lost["montant_perdu"]), "1620", "{lost}");
-    assert_eq!(amount(&lost["solde"]), "0", "{lost}");
+    assert_eq!(dec(&lost["montant_perdu"]), "1620", "{lost}");
+    assert_eq!(dec(&lost["solde"]), "0", "{lost}");
     assert_eq!(lost["signalee_au_recouvrement"], false, "{lost}");
-    let accounts = api
-        .get(
-            &format!("/api/v1/ledger/accounts?prefix=creances/{fac2}"),
-            &admin,
-        )
-        .await;
-    let creance = accounts["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["account"] == format!("creances/{fac2}").as_str())
-        .unwrap_or_else(|| panic!("no account creances/{fac2}: {accounts}"))
-        .clone();
-    assert_eq!(amount(&creance["balance"]), "0", "{accounts}");
+    assert_eq!(api.balance(&admin, &format!("creances/{fac2}")).await, "0");
 
     // ---- 6. The numbering registers: gapless ----
     for (series, count) in [("FAC", 2), ("AV", 1), ("DEV", 1), ("REC", 1)] {

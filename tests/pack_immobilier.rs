@@ -12,12 +12,15 @@
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+#[path = "support/pack.rs"]
+mod pack;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap;
+use pack::Api;
 use serde_json::{json, Value};
 use support::servers::{Radicale, Smtp};
 use support::{reply, Hit, Stub};
@@ -148,170 +151,21 @@ fn secrets(cmd: &mut Command) -> &mut Command {
         .env("DOSSIER_FNE_API_KEY", "cle-fne")
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert_eq!(s, 202, "{v}");
-        v
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is still {}: {c}",
-                c["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/instances/{case}/history"), key)
-            .await["events"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
     /// Waits until the case has started `step` at least `times` times.
     async fn wait_step(&self, case: &str, key: &str, step: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let history = self.history(case, key).await;
-            let n = history
-                .iter()
-                .filter(|e| e["kind"] == "step_started" && e["payload"]["step"] == step)
-                .count();
-            if n >= times {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} never reached {step} {times} time(s): {history:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The open task of `case`, as its role's operator sees it.
-    async fn task(&self, case: &str, role: &str, key: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
-            if let Some(t) = tasks["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["instance_id"] == case && t["status"] != "completed")
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open task of {role} for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn complete(&self, task: &Value, key: &str, outcome: &str, data: Value) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-                key,
-                Some(json!({"outcome": outcome, "data": data})),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        pack::eventually(
+            || format!("case {case} never reached {step} {times} time(s)"),
+            || async {
+                let history = self.history(case, key).await;
+                let n = pack::of_kind(&history, "step_started")
+                    .iter()
+                    .filter(|e| e["payload"]["step"] == step)
+                    .count();
+                (n >= times).then_some(())
+            },
+        )
+        .await
     }
 }
 
@@ -436,46 +290,22 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     );
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root).arg("validate"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "crm-agence");
-    let admin = key(&root, &db, "admin", "direction");
-    let agent = key(&root, &db, "operator,agent_immobilier", "koffi.yao");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "crm-agence");
+    let admin = pack::key(&root, &db, "admin", "direction");
+    let agent = pack::key(&root, &db, "operator,agent_immobilier", "koffi.yao");
+    let mut cmd = pack::dossier(&root);
+    secrets(&mut cmd);
+    let _server = pack::serve(cmd, &db, server_port);
+    let api = Api::on_port(server_port);
     let now = chrono::Utc::now();
     let year = now.format("%Y").to_string();
     let today = now.format("%Y-%m-%d").to_string();
@@ -513,10 +343,10 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
         sent[1].subject,
         "Prospect PROS-E2E-0001 à contacter : Awa Traoré (tiede, 60 points)"
     );
-    let contact = api.task(&prospect, "agent_immobilier", &agent).await;
+    let contact = api.task_of(&agent, "agent_immobilier", &prospect).await;
     api.complete(
-        &contact,
         &agent,
+        &contact,
         "contacte",
         json!({"note": "Cherche un 3 pièces meublé au Plateau"}),
     )
@@ -667,10 +497,10 @@ async fn leads_visits_and_a_lease_reach_the_calendar_the_mailbox_and_replay() {
     let visite2 = api
         .start(&system, "visite_bien", visit("VIS-E2E-0002", &passee))
         .await;
-    let report = api.task(&visite2, "agent_immobilier", &agent).await;
+    let report = api.task_of(&agent, "agent_immobilier", &visite2).await;
     api.complete(
-        &report,
         &agent,
+        &report,
         "effectuee",
         json!({"commentaire": "Très intéressée, demande le bail", "interet": "fort", "suite": "candidature"}),
     )

@@ -11,14 +11,16 @@
 //! accountants), and an FNE that answers 500 after certifying: the retry finds the first
 //! certification and never signs twice. Money is compared as exact decimal text.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pack::{contains, dec, key, Api};
 use serde_json::{json, Value};
 use support::servers::{Printer, Smtp, TicketSink};
 use support::{reply, Hit, Stub};
@@ -200,89 +202,13 @@ fn secrets(cmd: &mut Command) -> &mut Command {
         .env("DOSSIER_SMS_RECEIPT_TOKEN", RECEIPT_TOKEN)
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
 /// An input file of `examples/ismail`.
 fn example(name: &str) -> Value {
     let path = support::repo_root().join("examples/ismail").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    /// Sends an event; the answer `{event, reached, started}`.
-    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert!(s == 200 || s == 202, "event {name}: {s} {v}");
-        v
-    }
-
     /// Sends an event that starts one case; its id.
     async fn start_by_event(&self, key: &str, name: &str, payload: Value) -> String {
         let v = self.event(key, name, payload).await;
@@ -290,68 +216,6 @@ impl Api {
         assert_eq!(started.len(), 1, "{name} starts one case: {v}");
         started[0].as_str().unwrap().to_string()
     }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    /// Waits for the case to complete; its output (from the `case_completed` event of its history).
-    async fn wait_output(&self, case: &str, key: &str) -> Value {
-        self.wait_status(case, key, "completed").await;
-        let history = self
-            .get(&format!("/api/v1/instances/{case}/history"), key)
-            .await;
-        let events = history["events"].as_array().cloned().unwrap_or_default();
-        let done = events
-            .iter()
-            .find(|e| e["kind"] == "case_completed")
-            .unwrap_or_else(|| panic!("no case_completed in {history}"));
-        done["payload"]["output"].clone()
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is still {}: {c}",
-                c["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// A decimal of the API's JSON (a JSON number or text) written exactly, without trailing zeros:
-/// `22950`, `1045.75`, `1.5`. Money is compared as text, never as a float.
-fn dec(v: &Value) -> String {
-    let text = match v {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        other => panic!("not a decimal: {other}"),
-    };
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,14 +282,9 @@ connectors:
     let root = project(dir.path(), &yaml);
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root).arg("validate"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
@@ -435,29 +294,10 @@ connectors:
     let system = key(&root, &db, "system", "plateforme");
     let admin = key(&root, &db, "admin", "direction");
     let compta = key(&root, &db, "operator,comptabilite", "comptable");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let mut cmd = pack::dossier(&root);
+    secrets(&mut cmd);
+    let _server = pack::serve(cmd, &db, server_port);
+    let api = Api::on_port(server_port);
     let mut cases = Vec::new();
 
     // ---- A B2B invoice: certified, VAT accumulated, ticket with the DGI's QR code ----
@@ -510,15 +350,8 @@ connectors:
         task["title"],
         "Facture FAC-CI-2026-0043 (Société Ivoirienne de Négoce) non certifiable : facture B2B sans numéro de compte contribuable (NCC) du client"
     );
-    let (s, v) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-            &compta,
-            Some(json!({"outcome": "corriger", "data": {"ncc": "1234567A"}})),
-        )
+    api.complete(&compta, &task, "corriger", json!({"ncc": "1234567A"}))
         .await;
-    assert_eq!(s, 200, "{v}");
     let done = api.wait_output(&sans_ncc, &admin).await;
     assert_eq!(done["statut"], "certifiee", "{done}");
     let hits = fne_stub.hits();

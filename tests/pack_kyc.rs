@@ -7,15 +7,16 @@
 //! for more documents, receives them and approves; a card is suspended and reactivated (new
 //! token), another revoked (notice by email and SMS); every history replays.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use pack::{key, Api};
 use ring::rand::SecureRandom;
 use ring::signature::KeyPair;
 use serde_json::{json, Value};
@@ -110,160 +111,43 @@ fn project(dir: &Path, yaml: &str) -> PathBuf {
     root
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
 /// An input file of `examples/kyc`.
 fn example(name: &str) -> Value {
     let path = support::repo_root().join("examples/kyc").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-#[derive(Clone)]
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert!(s == 200 || s == 202, "event {name}: {s} {v}");
-        v
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    async fn wait_output(&self, case: &str, key: &str) -> Value {
-        self.wait_status(case, key, "completed").await;
-        let history = self
-            .get(&format!("/api/v1/instances/{case}/history"), key)
-            .await;
-        let events = history["events"].as_array().cloned().unwrap_or_default();
-        let done = events
-            .iter()
-            .find(|e| e["kind"] == "case_completed")
-            .unwrap_or_else(|| panic!("no case_completed in {history}"));
-        done["payload"]["output"].clone()
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        self.wait_for(case, key, |c| c["status"] == want).await
-    }
-
     /// Waits until the case (`GET /instances/{id}`: status, current step, data) satisfies `ok`.
     async fn wait_for(&self, case: &str, key: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if ok(&c) {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "case {case} stays at: {c}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pack::eventually(
+            || format!("case {case} never reached the awaited state"),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                ok(&c).then_some(c)
+            },
+        )
+        .await
     }
 
-    /// The open task of `case` in the `conformite` inbox.
+    /// The open (or claimed) task of `case` in the `conformite` inbox.
     async fn open_task(&self, case: &str, key: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get("/api/v1/tasks?role=conformite", key).await;
-            if let Some(t) = tasks["items"].as_array().unwrap().iter().find(|t| {
-                t["instance_id"] == case && (t["status"] == "open" || t["status"] == "claimed")
-            }) {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open task for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn complete(&self, task: &Value, key: &str, outcome: &str, data: Value) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-                key,
-                Some(json!({"outcome": outcome, "data": data})),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        pack::eventually(
+            || format!("no open task for {case}"),
+            || async {
+                let tasks = self.get("/api/v1/tasks?role=conformite", key).await;
+                tasks["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| {
+                        t["instance_id"] == case
+                            && (t["status"] == "open" || t["status"] == "claimed")
+                    })
+                    .cloned()
+            },
+        )
+        .await
     }
 }
 
@@ -417,11 +301,11 @@ fn sms_to(stub: &Stub, to: &str) -> Vec<String> {
 }
 
 async fn wait_until(what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "still waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pack::eventually(
+        || format!("still waiting for {what}"),
+        || async { ok().then_some(()) },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,8 +368,8 @@ connectors:
             .env("DOSSIER_CARTE_CLE_PRIVEE", &private_key);
     };
 
-    let mut validate = Command::new(env!("CARGO_BIN_EXE_dossier"));
-    validate.arg("--project").arg(&root).arg("validate");
+    let mut validate = pack::dossier(&root);
+    validate.arg("validate");
     secrets(&mut validate);
     let out = validate.output().unwrap();
     assert!(
@@ -497,28 +381,11 @@ connectors:
     let system = key(&root, &db, "system", "portail");
     let admin = key(&root, &db, "admin", "direction");
     let conformite = key(&root, &db, "operator,conformite", "fatou");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_dossier"));
-    serve
-        .arg("--project")
-        .arg(&root)
-        .args(["serve", "--db", &db])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut serve = pack::dossier(&root);
     secrets(&mut serve);
-    let mut child = serve.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let _server = pack::serve(serve, &db, server_port);
+    // Shared by the concurrent sign-ups.
+    let api = Api::on_port(server_port);
     let mut cases = Vec::new();
     let today = chrono::Utc::now().date_naive();
     let aammjj = today.format("%y%m%d").to_string();
@@ -680,8 +547,8 @@ connectors:
         "{task}"
     );
     api.complete(
-        &task,
         &conformite,
+        &task,
         "completer",
         json!({"motif": "une pièce d'identité en cours de validité"}),
     )
@@ -719,7 +586,7 @@ connectors:
             .contains("risque faible (0 points)"),
         "{task}"
     );
-    api.complete(&task, &conformite, "approuver", json!({}))
+    api.complete(&conformite, &task, "approuver", json!({}))
         .await;
     let out = api.wait_output(&review, &admin).await;
     assert_eq!(out["statut"], "approuvee", "{out}");

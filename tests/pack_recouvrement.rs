@@ -19,15 +19,17 @@
 //! Checks what the SMTP server, the printer and the SMS stub received, the wallets and
 //! commissions through the ledger API, and that every history replays.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use mailparse::MailHeaderMap;
+use pack::Api;
 use serde_json::{json, Value};
 use support::servers::{Printer, Smtp};
 use support::{reply, Hit, Stub};
@@ -77,7 +79,7 @@ fn project(dir: &Path, yaml: &str) -> PathBuf {
     root
 }
 
-fn secrets(cmd: &mut Command) -> &mut Command {
+fn secrets(mut cmd: Command) -> Command {
     cmd.env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
         .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
         .env("DOSSIER_SMS_RECEIPT_TOKEN", RECEIPT_TOKEN)
@@ -85,86 +87,11 @@ fn secrets(cmd: &mut Command) -> &mut Command {
         .env(
             "DOSSIER_HOOK_PAIEMENT_MOBILE_SECRET",
             PAIEMENT_MOBILE_SECRET,
-        )
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
-struct Api {
-    base: String,
-    client: reqwest::Client,
+        );
+    cmd
 }
 
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    /// Sends an event; the answer `{event, reached, started}`.
-    async fn event(&self, key: &str, name: &str, payload: Value) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert!(s == 200 || s == 202, "event {name}: {s} {v}");
-        v
-    }
-
     /// Sends an event that starts one case; its id.
     async fn start_by_event(&self, key: &str, name: &str, payload: Value) -> String {
         let v = self.event(key, name, payload).await;
@@ -205,18 +132,19 @@ impl Api {
         what: &str,
         ok: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if ok(&c) {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} never got {what}: {c}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let last = RefCell::new(Value::Null);
+        pack::eventually(
+            || format!("case {case} never got {what}: {}", last.borrow()),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                if ok(&c) {
+                    return Some(c);
+                }
+                *last.borrow_mut() = c;
+                None
+            },
+        )
+        .await
     }
 
     /// Waits until the case waits at `step`.
@@ -235,54 +163,6 @@ impl Api {
                 && c["current_step"] == "attente_niveau"
                 && c["data"]["relance"]["rang"] == rank
         })
-        .await
-    }
-
-    /// Waits for the case to complete; its output (from the `case_completed` event).
-    async fn wait_output(&self, case: &str, key: &str) -> Value {
-        self.wait_case(case, key, "completed", |c| c["status"] == "completed")
-            .await;
-        let history = self
-            .get(&format!("/api/v1/instances/{case}/history"), key)
-            .await;
-        let events = history["events"].as_array().cloned().unwrap_or_default();
-        events
-            .iter()
-            .rev()
-            .find(|e| e["kind"] == "case_completed")
-            .unwrap_or_else(|| panic!("no case_completed in {history}"))["payload"]["output"]
-            .clone()
-    }
-
-    /// The open task of `case` in the inbox of `role`, once it exists.
-    async fn task_of(&self, key: &str, role: &str, case: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
-            if let Some(t) = tasks["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["instance_id"] == case && t["status"] == "open")
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open {role} task for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Completes a task; (status, answer).
-    async fn complete(&self, key: &str, task: &Value, outcome: &str, data: Value) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-            key,
-            Some(json!({"outcome": outcome, "data": data})),
-        )
         .await
     }
 
@@ -305,29 +185,15 @@ impl Api {
             .await;
         let out = self.wait_output(&case, admin).await;
         assert_eq!(out["statut"], "credite", "{out}");
-        dec(&out["solde"])
-    }
-
-    /// The balance of a ledger account (`GET /ledger/accounts?prefix=`).
-    async fn balance(&self, key: &str, account: &str) -> String {
-        let v = self
-            .get(&format!("/api/v1/ledger/accounts?prefix={account}"), key)
-            .await;
-        let item = v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["account"] == account)
-            .unwrap_or_else(|| panic!("no account {account}: {v}"))
-            .clone();
-        dec(&item["balance"])
+        exact(&out["solde"])
     }
 }
 
-/// A decimal of the API's JSON as its exact text (`"24.30"`): the API writes decimals as JSON
-/// numbers that keep their digits (or as text), and money is compared digit for digit, never
-/// through a float (`24.3` and `24.30000001` must not pass for `24.30`).
-fn dec(v: &Value) -> String {
+/// A decimal of the API's JSON as its exact text, trailing zeros kept (`"24.30"`, where
+/// `pack::dec` gives `24.3`): the API writes decimals as JSON numbers that keep their digits
+/// (or as text), and money is compared digit for digit, never through a float (`24.3` and
+/// `24.30000001` must not pass for `24.30`).
+fn exact(v: &Value) -> String {
     match v {
         Value::Number(n) => n.to_string(),
         Value::String(s)
@@ -459,47 +325,22 @@ connectors:
     let root = project(dir.path(), &yaml);
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "facturation");
-    let admin = key(&root, &db, "admin", "administrateur");
-    let recouvrement = key(&root, &db, "operator,recouvrement", "agent-recouvrement");
-    let direction = key(&root, &db, "operator,direction", "directrice");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "facturation");
+    let admin = pack::key(&root, &db, "admin", "administrateur");
+    let recouvrement = pack::key(&root, &db, "operator,recouvrement", "agent-recouvrement");
+    let direction = pack::key(&root, &db, "operator,direction", "directrice");
+    let _server = pack::serve(secrets(pack::dossier(&root)), &db, server_port);
+    let api = Api::on_port(server_port);
     let mut cases = Vec::new();
 
     // ---- 1. The creditor IMMO-PLATEAU buys 20 credits (1 000 FCFA) ----
@@ -552,7 +393,7 @@ connectors:
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (dec(&p["amount"]), dec(&p["balance"])))
+        .map(|p| (exact(&p["amount"]), exact(&p["balance"])))
         .collect();
     assert_eq!(
         amounts,
@@ -583,11 +424,15 @@ connectors:
             c["status"] == "waiting"
                 && c["current_step"] == "attente_niveau"
                 && c["data"]["total_paye"].is_number()
-                && dec(&c["data"]["total_paye"]) == "100000"
+                && exact(&c["data"]["total_paye"]) == "100000"
         })
         .await;
-    assert_eq!(dec(&c["data"]["solde"]), "150000", "{c}");
-    assert_eq!(dec(&c["data"]["commission"]), "5000", "5 % of 100 000: {c}");
+    assert_eq!(exact(&c["data"]["solde"]), "150000", "{c}");
+    assert_eq!(
+        exact(&c["data"]["commission"]),
+        "5000",
+        "5 % of 100 000: {c}"
+    );
     // The balance through the signed mobile payment hook (no amount: the whole balance).
     let (s, v) = api
         .hook(
@@ -601,10 +446,10 @@ connectors:
     assert_eq!(v["reached"], json!([sms_a.clone()]), "{v}");
     let out = api.wait_output(&sms_a, &admin).await;
     assert_eq!(out["statut"], "payee", "{out}");
-    assert_eq!(dec(&out["total_paye"]), "250000", "{out}");
-    assert_eq!(dec(&out["solde"]), "0", "{out}");
-    assert_eq!(dec(&out["credits_consommes"]), "2", "{out}");
-    assert_eq!(dec(&out["commission"]), "12500", "{out}");
+    assert_eq!(exact(&out["total_paye"]), "250000", "{out}");
+    assert_eq!(exact(&out["solde"]), "0", "{out}");
+    assert_eq!(exact(&out["credits_consommes"]), "2", "{out}");
+    assert_eq!(exact(&out["commission"]), "12500", "{out}");
     assert_eq!(out["relances_envoyees"], 1, "{out}");
     assert_eq!(out["niveau_atteint"], 2, "{out}");
     assert_eq!(
@@ -672,10 +517,8 @@ connectors:
         smtp.messages().is_empty(),
         "nothing sent before the rate is confirmed"
     );
-    let (s, v) = api
-        .complete(&recouvrement, &task, "saisir_taux", json!({"taux": "2.15"}))
+    api.complete(&recouvrement, &task, "saisir_taux", json!({"taux": "2.15"}))
         .await;
-    assert_eq!(s, 200, "{v}");
     api.wait_level(&mail_b, &admin, 4).await;
     let mails = smtp.messages();
     assert_eq!(mails.len(), 1);
@@ -751,10 +594,10 @@ connectors:
             c["status"] == "waiting"
                 && c["current_step"] == "attente_cloture_litige"
                 && c["data"]["total_avoirs"].is_number()
-                && dec(&c["data"]["total_avoirs"]) == "300.00"
+                && exact(&c["data"]["total_avoirs"]) == "300.00"
         })
         .await;
-    assert_eq!(dec(&c["data"]["solde"]), "7000.00", "{c}");
+    assert_eq!(exact(&c["data"]["solde"]), "7000.00", "{c}");
     let v = api
         .event(
             &system,
@@ -765,7 +608,7 @@ connectors:
     assert_eq!(v["reached"], json!([mail_b.clone()]), "{v}");
     let c = api.wait_level(&mail_b, &admin, 4).await;
     assert_eq!(c["data"]["statut"], "en_cours", "{c}");
-    assert_eq!(dec(&c["data"]["solde"]), "7000.00", "{c}");
+    assert_eq!(exact(&c["data"]["solde"]), "7000.00", "{c}");
     assert_eq!(c["data"]["relance"]["rang"], 4, "{c}");
     assert_eq!(smtp.messages().len(), 1, "nothing sent again");
     // Paid in full (no amount: the balance).
@@ -776,12 +619,12 @@ connectors:
     let out = api.wait_output(&mail_b, &admin).await;
     assert_eq!(out["statut"], "payee", "{out}");
     assert_eq!(out["professionnel"], true, "{out}");
-    assert_eq!(dec(&out["total_avoirs"]), "300.00", "{out}");
-    assert_eq!(dec(&out["total_paye"]), "7000.00", "{out}");
-    assert_eq!(dec(&out["penalite"]), "24.30", "{out}");
-    assert_eq!(dec(&out["indemnite"]), "40.00", "{out}");
+    assert_eq!(exact(&out["total_avoirs"]), "300.00", "{out}");
+    assert_eq!(exact(&out["total_paye"]), "7000.00", "{out}");
+    assert_eq!(exact(&out["penalite"]), "24.30", "{out}");
+    assert_eq!(exact(&out["indemnite"]), "40.00", "{out}");
     assert_eq!(
-        dec(&out["commission"]),
+        exact(&out["commission"]),
         "0.00",
         "no creditor, no commission: {out}"
     );
@@ -810,15 +653,13 @@ connectors:
         task["title"],
         "Facture F-REL-003 : taux à confirmer avant « Mise en demeure »"
     );
-    let (s, v) = api
-        .complete(
-            &recouvrement,
-            &task,
-            "envoyer_taux_provisoire",
-            json!({"commentaire": "taux 2026 pas encore publié"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    api.complete(
+        &recouvrement,
+        &task,
+        "envoyer_taux_provisoire",
+        json!({"commentaire": "taux 2026 pas encore publié"}),
+    )
+    .await;
     let task = api.task_of(&recouvrement, "recouvrement", &lettre_c).await;
     assert_eq!(
         task["title"],
@@ -840,10 +681,8 @@ connectors:
         .buy_credits(&system, &admin, "PAY-OM-REL-2", "IMMO-VIDE", 1000)
         .await;
     assert_eq!(solde, "20");
-    let (s, v) = api
-        .complete(&recouvrement, &task, "reessayer", json!({}))
+    api.complete(&recouvrement, &task, "reessayer", json!({}))
         .await;
-    assert_eq!(s, 200, "{v}");
     api.wait_level(&lettre_c, &admin, 5).await;
     assert_eq!(api.balance(&admin, "credits/IMMO-VIDE").await, "18");
     let files = printer.spooled(1);
@@ -876,8 +715,8 @@ connectors:
     assert_eq!(v["reached"], json!([lettre_c.clone()]), "{v}");
     let out = api.wait_output(&lettre_c, &admin).await;
     assert_eq!(out["statut"], "payee", "{out}");
-    assert_eq!(dec(&out["credits_consommes"]), "2", "{out}");
-    assert_eq!(dec(&out["commission"]), "182500", "{out}");
+    assert_eq!(exact(&out["credits_consommes"]), "2", "{out}");
+    assert_eq!(exact(&out["commission"]), "182500", "{out}");
     cases.push(lettre_c);
 
     // ---- 5. Twenty days late: the department's decision, a write-off over the threshold ----
@@ -890,31 +729,20 @@ connectors:
         echeance_d,
     );
     facture_d["professionnel"] = json!(true);
-    let (s, started) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/instances",
-            &system,
-            Some(json!({"workflow": "relance_facture", "input": facture_d})),
-        )
-        .await;
-    assert_eq!(s, 201, "{started}");
-    let perte_d = started["id"].as_str().unwrap().to_string();
+    let perte_d = api.start(&system, "relance_facture", facture_d).await;
     let task = api.task_of(&recouvrement, "recouvrement", &perte_d).await;
     // 7 300,00 € × 12,15 % × 20 days / 365 = 48,60 € ; + 40 €.
     assert_eq!(
         task["title"],
         "Facture F-REL-004 (Négoce Atlantique) impayée : 7 388,60 € à recouvrer"
     );
-    let (s, v) = api
-        .complete(
-            &recouvrement,
-            &task,
-            "passage_en_perte",
-            json!({"commentaire": "société en liquidation"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    api.complete(
+        &recouvrement,
+        &task,
+        "passage_en_perte",
+        json!({"commentaire": "société en liquidation"}),
+    )
+    .await;
     let validation = api.task_of(&direction, "direction", &perte_d).await;
     assert_eq!(
         validation["title"],
@@ -926,7 +754,7 @@ connectors:
         .contains("société en liquidation"));
     // The collection department cannot approve its own write-off.
     let (s, v) = api
-        .complete(&recouvrement, &validation, "approuver", json!({}))
+        .try_complete(&recouvrement, &validation, "approuver", json!({}))
         .await;
     assert_eq!(s, 403, "{v}");
     assert_eq!(
@@ -934,19 +762,17 @@ connectors:
             .await["status"],
         "waiting"
     );
-    let (s, v) = api
-        .complete(
-            &direction,
-            &validation,
-            "approuver",
-            json!({"motif": "liquidation judiciaire"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    api.complete(
+        &direction,
+        &validation,
+        "approuver",
+        json!({"motif": "liquidation judiciaire"}),
+    )
+    .await;
     let out = api.wait_output(&perte_d, &admin).await;
     assert_eq!(out["statut"], "passee_en_perte", "{out}");
-    assert_eq!(dec(&out["solde"]), "7300.00", "{out}");
-    assert_eq!(dec(&out["montant_perdu"]), "7300.00", "{out}");
+    assert_eq!(exact(&out["solde"]), "7300.00", "{out}");
+    assert_eq!(exact(&out["montant_perdu"]), "7300.00", "{out}");
     assert_eq!(
         out["relances_envoyees"], 0,
         "the automatic levels were missed: {out}"
@@ -1012,7 +838,7 @@ connectors:
     assert_eq!(v["reached"], json!([emise_e.clone()]), "{v}");
     let out = api.wait_output(&emise_e, &admin).await;
     assert_eq!(out["statut"], "payee", "{out}");
-    assert_eq!(dec(&out["total_paye"]), "480.00", "{out}");
+    assert_eq!(exact(&out["total_paye"]), "480.00", "{out}");
     assert_eq!(
         out["professionnel"], false,
         "no identifier: a consumer: {out}"
@@ -1035,7 +861,7 @@ connectors:
         .map(|a| {
             (
                 a["account"].as_str().unwrap().to_string(),
-                dec(&a["balance"]),
+                exact(&a["balance"]),
             )
         })
         .collect();
@@ -1137,41 +963,20 @@ connectors:
     );
     std::fs::write(&file, variant).unwrap();
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "facturation");
-    let admin = key(&root, &db, "admin", "administrateur");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "facturation");
+    let admin = pack::key(&root, &db, "admin", "administrateur");
+    let _server = pack::serve(secrets(pack::dossier(&root)), &db, server_port);
+    let api = Api::on_port(server_port);
 
     // Due yesterday, 100 € already paid: J+1 (today 00:00) is due, J+2 is not: the email
     // `rappel` for the rest.
@@ -1241,7 +1046,7 @@ connectors:
         assert_eq!(out["relances_envoyees"], 1, "{out}");
     }
     assert_eq!(
-        dec(&api.wait_output(&rappel, &admin).await["total_paye"]),
+        exact(&api.wait_output(&rappel, &admin).await["total_paye"]),
         "1200.00"
     );
 }

@@ -12,12 +12,15 @@
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+#[path = "support/pack.rs"]
+mod pack;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap;
+use pack::{contains, dec, Api};
 use serde_json::{json, Value};
 use support::servers::{Smtp, TicketSink};
 use support::{reply, Hit, Stub};
@@ -146,158 +149,48 @@ fn secrets(cmd: &mut Command) -> &mut Command {
         .env("DOSSIER_FNE_API_KEY", "cle-fne")
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dossier"))
-        .arg("--project")
-        .arg(project)
-        .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
 /// An input file of `examples/reparation`.
 fn example(name: &str) -> Value {
     let path = support::repo_root().join("examples/reparation").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    /// Sends an event (`{name, payload}`); the answer `{reached, started}`.
-    async fn event(&self, key: &str, event: Value) -> Value {
-        let (s, v) = self
-            .call(reqwest::Method::POST, "/api/v1/events", key, Some(event))
-            .await;
-        assert!(s == 200 || s == 202, "event: {s} {v}");
-        v
-    }
-
-    async fn wait_status(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is still {}: {c}",
-                c["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Sends an event as an example file holds it (`{name, payload}`); the answer
+    /// `{reached, started}`.
+    async fn send(&self, key: &str, event: Value) -> Value {
+        let name = event["name"].as_str().expect("an event name");
+        self.event(key, name, event["payload"].clone()).await
     }
 
     /// The case's data once `etape` (the stage shown to the client) reaches `want`.
     async fn wait_stage(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["data"]["etape"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is at stage {}: {c}",
-                c["data"]["etape"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pack::eventually(
+            || format!("case {case} never reached stage {want}"),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                (c["data"]["etape"] == want).then_some(c)
+            },
+        )
+        .await
     }
 
     /// Waits until the case is waiting at `step` (started, and the case is waiting again): an
     /// event sent earlier would reach no one.
     async fn wait_waiting_at(&self, case: &str, key: &str, step: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            let reached = self
-                .history(case, key)
-                .await
-                .iter()
-                .any(|e| e["kind"] == "step_started" && e["payload"]["step"] == step);
-            if reached && c["status"] == "waiting" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is not waiting at {step}: {c}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn history(&self, case: &str, key: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/instances/{case}/history"), key)
-            .await["events"]
-            .as_array()
-            .unwrap()
-            .clone()
+        pack::eventually(
+            || format!("case {case} is not waiting at {step}"),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                let reached = self
+                    .history(case, key)
+                    .await
+                    .iter()
+                    .any(|e| e["kind"] == "step_started" && e["payload"]["step"] == step);
+                (reached && c["status"] == "waiting").then_some(())
+            },
+        )
+        .await
     }
 
     /// The output of a completed case (its `case_completed` event).
@@ -314,79 +207,42 @@ impl Api {
 
     /// The cases of `workflow`, waiting until there are `n`.
     async fn cases_of(&self, key: &str, workflow: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let list = self
-                .get(&format!("/api/v1/instances?workflow={workflow}"), key)
-                .await;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if items.len() >= n {
-                assert_eq!(items.len(), n, "{list}");
-                return items;
-            }
-            assert!(Instant::now() < deadline, "no {n} {workflow} cases: {list}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pack::eventually(
+            || format!("no {n} {workflow} cases"),
+            || async {
+                let list = self
+                    .get(&format!("/api/v1/instances?workflow={workflow}"), key)
+                    .await;
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                if items.len() >= n {
+                    assert_eq!(items.len(), n, "{list}");
+                    Some(items)
+                } else {
+                    None
+                }
+            },
+        )
+        .await
     }
 
     /// The open task of `case` at `step` in `role`'s inbox, once it exists.
     async fn task(&self, key: &str, role: &str, case: &str, step: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
-            if let Some(t) =
-                tasks["items"].as_array().unwrap().iter().find(|t| {
-                    t["instance_id"] == case && t["step"] == step && t["status"] == "open"
-                })
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open task {step} for {case} in {role}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pack::eventually(
+            || format!("no open task {step} for {case} in {role}"),
+            || async {
+                let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
+                tasks["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| {
+                        t["instance_id"] == case && t["step"] == step && t["status"] == "open"
+                    })
+                    .cloned()
+            },
+        )
+        .await
     }
-
-    async fn complete(&self, key: &str, task: &Value, outcome: &str, data: Value) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-                key,
-                Some(json!({"outcome": outcome, "data": data})),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-    }
-
-    /// The balance of a stock account, through the ledger API.
-    async fn stock(&self, key: &str, piece: &str) -> String {
-        let list = self.get("/api/v1/ledger/accounts?prefix=stock/", key).await;
-        let item = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["account"] == format!("stock/{piece}"))
-            .unwrap_or_else(|| panic!("no stock/{piece}: {list}"))
-            .clone();
-        amount(&item["balance"])
-    }
-}
-
-/// A decimal amount of a JSON answer, written without trailing zeros (`2.00` -> `2`).
-fn amount(v: &Value) -> String {
-    let text = v.to_string().trim_matches('"').to_string();
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The subjects of the messages received so far.
@@ -482,18 +338,16 @@ fn sms_texts(orange: &Stub) -> Vec<String> {
 
 /// Waits until an SMS containing `needle` has been sent.
 async fn sms_with(orange: &Stub, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if sms_texts(orange).iter().any(|t| t.contains(needle)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no SMS with `{needle}`: {:?}",
+    pack::eventually(
+        || format!("no SMS with `{needle}`: {:?}", sms_texts(orange)),
+        || async {
             sms_texts(orange)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+                .iter()
+                .any(|t| t.contains(needle))
+                .then_some(())
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,47 +376,23 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     );
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root).arg("validate"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let accueil = key(&root, &db, "system", "logiciel-accueil");
-    let admin = key(&root, &db, "admin", "direction");
-    let technicien = key(&root, &db, "operator,technicien", "awa.k");
-    let magasin = key(&root, &db, "operator,magasin", "magasinier");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let accueil = pack::key(&root, &db, "system", "logiciel-accueil");
+    let admin = pack::key(&root, &db, "admin", "direction");
+    let technicien = pack::key(&root, &db, "operator,technicien", "awa.k");
+    let magasin = pack::key(&root, &db, "operator,magasin", "magasinier");
+    let mut cmd = pack::dossier(&root);
+    secrets(&mut cmd);
+    let _server = pack::serve(cmd, &db, server_port);
+    let api = Api::on_port(server_port);
     let year = chrono::Utc::now().format("%Y").to_string();
     let suivi = "https://suivi.reparations.exemple.ci/reparations/REP-2611-0042";
 
@@ -610,7 +440,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     api.wait_stage(&repair, &admin, "devis").await;
     api.wait_waiting_at(&repair, &admin, "attente_reponse_devis")
         .await;
-    let v = api.event(&accueil, example("decision_devis.json")).await;
+    let v = api.send(&accueil, example("decision_devis.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
 
     // ---- 3. The part is out of stock: a purchase order, the delivery, the reservation ----
@@ -640,11 +470,11 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         .await;
     let done = api.output(&order, &admin).await;
     assert_eq!(done["statut"], "recue", "{done}");
-    assert_eq!(amount(&done["stock"]), "2", "{done}");
+    assert_eq!(dec(&done["stock"]), "2", "{done}");
     // The delivery wakes the repair up: it reserves one screen (2 -> 1, under the threshold
     // of 2), which opens a second purchase order.
     api.wait_stage(&repair, &admin, "intervention").await;
-    assert_eq!(api.stock(&admin, "ECR-A54").await, "1");
+    assert_eq!(api.balance(&admin, "stock/ECR-A54").await, "1");
     let orders = api.cases_of(&admin, "reappro_pieces", 2).await;
     let second = orders.iter().find(|o| o["id"] != order.as_str()).unwrap()["id"]
         .as_str()
@@ -739,7 +569,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     // The pickup is announced once the repair waits for it (after the ready notices).
     api.wait_waiting_at(&repair, &admin, "attente_retrait")
         .await;
-    let v = api.event(&accueil, example("appareil_retire.json")).await;
+    let v = api.send(&accueil, example("appareil_retire.json")).await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
     let c = api.wait_stage(&repair, &admin, "garantie").await;
     let steps: Vec<&str> = c["data"]["suivi"]
@@ -770,7 +600,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
 
     // ---- 6. A warranty claim opens a warranty repair; it is then cancelled ----
     let v = api
-        .event(&accueil, example("reclamation_garantie.json"))
+        .send(&accueil, example("reclamation_garantie.json"))
         .await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
     sms_with(&orange, "Réparation REP-2611-0042-G1 ouverte").await;
@@ -798,7 +628,7 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     assert!(contains(&tickets[1], format!("{suivi}-G1").as_bytes()));
     api.task(&technicien, "technicien", &warranty, "diagnostic")
         .await;
-    let v = api.event(&accueil, example("annulation.json")).await;
+    let v = api.send(&accueil, example("annulation.json")).await;
     assert_eq!(v["reached"], json!([warranty]), "{v}");
     let done = api.output(&warranty, &admin).await;
     assert_eq!(done["statut"], "annulee", "{done}");
@@ -815,8 +645,8 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
     let v = api
         .event(
             &accueil,
-            json!({"name": "annulation_reparation",
-                   "payload": {"reparation": "REP-2611-0042", "motif": "erreur de saisie"}}),
+            "annulation_reparation",
+            json!({"reparation": "REP-2611-0042", "motif": "erreur de saisie"}),
         )
         .await;
     assert_eq!(v["reached"], json!([repair]), "{v}");
@@ -852,14 +682,14 @@ async fn a_repair_from_intake_to_warranty_under_serve() {
         .iter()
         .find(|a| a["account"] == "charge/Awa K.")
         .unwrap_or_else(|| panic!("no charge/Awa K.: {loads}"));
-    assert_eq!(amount(&awa["balance"]), "0", "{loads}");
+    assert_eq!(dec(&awa["balance"]), "0", "{loads}");
 
     // ---- 7. The stock through the ledger API, and every history replays ----
     let list = api
         .get("/api/v1/ledger/accounts?prefix=stock/", &admin)
         .await;
     assert_eq!(list["count"], 1, "{list}");
-    assert_eq!(api.stock(&admin, "ECR-A54").await, "1");
+    assert_eq!(api.balance(&admin, "stock/ECR-A54").await, "1");
     let c = api
         .get(&format!("/api/v1/instances/{repair}"), &admin)
         .await;

@@ -9,15 +9,18 @@
 //! first cancellation's refund starts `remboursement_reservation`, whose accounting task, once
 //! completed, sends the customer the refund confirmation. Every history replays.
 
+#[path = "support/pack.rs"]
+mod pack;
 #[path = "../connectors/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap;
+use pack::{dec, Api};
 use serde_json::{json, Value};
 use support::servers::{Radicale, Smtp};
 
@@ -78,227 +81,72 @@ connectors:
     root
 }
 
-fn secrets(cmd: &mut Command) -> &mut Command {
+fn secrets(mut cmd: Command) -> Command {
     cmd.env("DOSSIER_AGENDA_PASSWORD", AGENDA_PASSWORD)
         .env("DOSSIER_ORANGE_CLIENT_ID", "client-orange")
-        .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn key(project: &Path, db: &str, role: &str, name: &str) -> String {
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(project),
-    )
-    .args(["keys", "create", "--role", role, "--name", name, "--db", db])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("dsk_"))
-        .expect("a dsk_ key is printed")
-        .to_string()
-}
-
-#[derive(Clone)]
-struct Api {
-    base: String,
-    client: reqwest::Client,
+        .env("DOSSIER_ORANGE_CLIENT_SECRET", "secret-orange");
+    cmd
 }
 
 impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, key, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn start(&self, key: &str, workflow: &str, input: Value) -> String {
-        let (s, started) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/instances",
-                key,
-                Some(json!({"workflow": workflow, "input": input})),
-            )
-            .await;
-        assert_eq!(s, 201, "{started}");
-        started["id"].as_str().unwrap().to_string()
-    }
-
-    async fn event(&self, key: &str, name: &str, payload: Value) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/events",
-                key,
-                Some(json!({"name": name, "payload": payload})),
-            )
-            .await;
-        assert!(s == 200 || s == 202, "event {name}: {s} {v}");
-    }
-
     /// The event a case waits for besides its `on_event` interrupts (annulation and
     /// modification), with its correlation, once it waits for one.
     async fn waiting_for(&self, case: &str, key: &str) -> (String, Value) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if let Some(w) = c["waiting_for"].as_array().unwrap().iter().find(|w| {
-                w["event"] != "annulation_demandee" && w["event"] != "modification_demandee"
-            }) {
-                return (
-                    w["event"].as_str().unwrap().to_string(),
-                    w["correlation"].clone(),
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} waits for nothing: {c}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let last = RefCell::new(Value::Null);
+        pack::eventually(
+            || format!("case {case} waits for nothing: {}", last.borrow()),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                let found = c["waiting_for"].as_array().unwrap().iter().find(|w| {
+                    w["event"] != "annulation_demandee" && w["event"] != "modification_demandee"
+                });
+                let found = found.map(|w| {
+                    (
+                        w["event"].as_str().unwrap().to_string(),
+                        w["correlation"].clone(),
+                    )
+                });
+                *last.borrow_mut() = c;
+                found
+            },
+        )
+        .await
     }
 
     /// Waits until the case's `statut` variable is `want`; returns the case.
     async fn wait_statut(&self, case: &str, key: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["data"]["statut"] == want {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} is `{}`, not `{want}`",
-                c["data"]["statut"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let last = RefCell::new(Value::Null);
+        pack::eventually(
+            || format!("case {case} is `{}`, not `{want}`", last.borrow()),
+            || async {
+                let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
+                if c["data"]["statut"] == want {
+                    return Some(c);
+                }
+                *last.borrow_mut() = c["data"]["statut"].clone();
+                None
+            },
+        )
+        .await
     }
 
     /// Waits until the case waits for `event`.
     async fn wait_for_event(&self, case: &str, key: &str, event: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (e, corr) = self.waiting_for(case, key).await;
-            if e == event {
-                return corr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "case {case} waits for {e}, not {event}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let last = RefCell::new(String::new());
+        pack::eventually(
+            || format!("case {case} waits for {}, not {event}", last.borrow()),
+            || async {
+                let (e, corr) = self.waiting_for(case, key).await;
+                let found = (e == event).then_some(corr);
+                *last.borrow_mut() = e;
+                found
+            },
+        )
+        .await
     }
 
-    async fn output(&self, case: &str, key: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.get(&format!("/api/v1/instances/{case}"), key).await;
-            if c["status"] == "completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "case {case} is {}", c["status"]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let history = self
-            .get(&format!("/api/v1/instances/{case}/history"), key)
-            .await;
-        history["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|e| e["kind"] == "case_completed")
-            .map(|e| e["payload"]["output"].clone())
-            .unwrap()
-    }
-
-    /// The one case of `workflow` with this business key, once it exists.
-    async fn case_of(&self, key: &str, workflow: &str, business_key: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let list = self
-                .get(
-                    &format!("/api/v1/instances?workflow={workflow}&business_key={business_key}"),
-                    key,
-                )
-                .await;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if let Some(c) = items.first() {
-                assert_eq!(items.len(), 1, "{list}");
-                return c["id"].as_str().unwrap().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {workflow} case for {business_key}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The open task of `case` in the inbox of `role`, once it exists.
-    async fn task_of(&self, key: &str, role: &str, case: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tasks = self.get(&format!("/api/v1/tasks?role={role}"), key).await;
-            if let Some(t) = tasks["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["instance_id"] == case && t["status"] == "open")
-            {
-                return t.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no open {role} task for {case}: {tasks}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Ledger balances under a prefix, as (account, balance).
-    async fn balances(&self, key: &str, prefix: &str) -> Vec<(String, f64)> {
+    /// Ledger balances under a prefix, as (account, balance as exact decimal text).
+    async fn balances(&self, key: &str, prefix: &str) -> Vec<(String, String)> {
         let v = self
             .get(&format!("/api/v1/ledger/accounts?prefix={prefix}"), key)
             .await;
@@ -309,18 +157,10 @@ impl Api {
             .map(|a| {
                 (
                     a["account"].as_str().unwrap().to_string(),
-                    num(&a["balance"]),
+                    dec(&a["balance"]),
                 )
             })
             .collect()
-    }
-}
-
-/// A number of the API's JSON (decimals travel as JSON numbers or as text).
-fn num(v: &Value) -> f64 {
-    match v {
-        Value::String(s) => s.parse().unwrap(),
-        other => other.as_f64().unwrap(),
     }
 }
 
@@ -402,45 +242,20 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     let root = project(dir.path(), smtp.port, &radicale.base, server_port);
     let db = dir.path().join("dossier.db").to_string_lossy().into_owned();
 
-    let out = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root)
-            .arg("validate"),
-    )
-    .output()
-    .unwrap();
+    let out = secrets(pack::dossier(&root))
+        .arg("validate")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = key(&root, &db, "system", "front-office");
-    let admin = key(&root, &db, "admin", "direction");
-    let mut child = secrets(
-        Command::new(env!("CARGO_BIN_EXE_dossier"))
-            .arg("--project")
-            .arg(&root),
-    )
-    .args(["serve", "--db", &db])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    assert_eq!(
-        line.trim(),
-        format!("dossier: serving on http://127.0.0.1:{server_port}")
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{server_port}"),
-        client: reqwest::Client::new(),
-    };
+    let system = pack::key(&root, &db, "system", "front-office");
+    let admin = pack::key(&root, &db, "admin", "direction");
+    let _server = pack::serve(secrets(pack::dossier(&root)), &db, server_port);
+    let api = Api::on_port(server_port);
 
     // A slot four days ahead (the 72-hour full-refund tier), two hours long.
     let start = chrono::Utc::now() + chrono::Duration::days(4);
@@ -488,13 +303,13 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     );
     assert_eq!(
         api.balances(&admin, "places/").await,
-        [(format!("places/{slot}"), 3.0)]
+        [(format!("places/{slot}"), "3".to_string())]
     );
     assert_eq!(
         api.balances(&admin, "file/").await,
         [
-            (format!("file/{slot}/inscrits"), 2.0),
-            (format!("file/{slot}/promu"), 0.0)
+            (format!("file/{slot}/inscrits"), "2".to_string()),
+            (format!("file/{slot}/promu"), "0".to_string())
         ]
     );
     mails_with(&smtp, "liste d'attente, rang", 2);
@@ -597,10 +412,10 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         json!({"reservation": first_ref}),
     )
     .await;
-    let out = api.output(&first_case, &admin).await;
+    let out = api.wait_output(&first_case, &admin).await;
     assert_eq!(out["statut"], "annulee", "{out}");
-    assert_eq!(num(&out["rembourse"]), num(&out["montant_paye"]), "{out}");
-    assert_eq!(num(&out["penalite"]), 0.0, "{out}");
+    assert_eq!(dec(&out["rembourse"]), dec(&out["montant_paye"]), "{out}");
+    assert_eq!(dec(&out["penalite"]), "0", "{out}");
     let (_, rank1_ref, rank1_case) = waiting[0].clone();
     let (_, rank2_ref, rank2_case) = waiting[1].clone();
     api.wait_for_event(&rank1_case, &admin, "paiement_recu")
@@ -635,20 +450,18 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         .case_of(&admin, "remboursement_reservation", &first_ref)
         .await;
     let task = api.task_of(&admin, "comptabilite", &refund).await;
-    let (s, done) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
-            &admin,
-            Some(json!({"outcome": "rembourse", "data": {"operation": "RMB-E2E-1"}})),
-        )
-        .await;
-    assert_eq!(s, 200, "{done}");
-    let refunded = api.output(&refund, &admin).await;
+    api.complete(
+        &admin,
+        &task,
+        "rembourse",
+        json!({"operation": "RMB-E2E-1"}),
+    )
+    .await;
+    let refunded = api.wait_output(&refund, &admin).await;
     assert_eq!(refunded["statut"], "rembourse", "{refunded}");
     assert_eq!(
-        num(&refunded["montant"]),
-        num(&out["rembourse"]),
+        dec(&refunded["montant"]),
+        dec(&out["rembourse"]),
         "{refunded}"
     );
     let confirmation = mails_with(&smtp, &format!("{first_ref} : remboursement de"), 1);
@@ -663,7 +476,10 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
         json!({"reservation": second_ref}),
     )
     .await;
-    assert_eq!(api.output(&second_case, &admin).await["statut"], "annulee");
+    assert_eq!(
+        api.wait_output(&second_case, &admin).await["statut"],
+        "annulee"
+    );
     api.wait_for_event(&rank2_case, &admin, "paiement_recu")
         .await;
     let promoted_case = api
@@ -679,13 +495,13 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     // The ledger: still three places taken, both ranks promoted.
     assert_eq!(
         api.balances(&admin, "places/").await,
-        [(format!("places/{slot}"), 3.0)]
+        [(format!("places/{slot}"), "3".to_string())]
     );
     assert_eq!(
         api.balances(&admin, "file/").await,
         [
-            (format!("file/{slot}/inscrits"), 2.0),
-            (format!("file/{slot}/promu"), 2.0)
+            (format!("file/{slot}/inscrits"), "2".to_string()),
+            (format!("file/{slot}/promu"), "2".to_string())
         ]
     );
     let postings = api
@@ -697,18 +513,17 @@ async fn concurrent_bookings_waiting_list_invitations_and_replay() {
     assert_eq!(postings["consistent"], true, "{postings}");
     // One posting per place moved, no padding: three holds, two releases, two promotions, and
     // no zero-amount line (the `for_each` postings follow the occurrences actually booked).
-    let amounts: Vec<f64> = postings["items"]
+    let amounts: Vec<String> = postings["items"]
         .as_array()
         .expect("the journal's items")
         .iter()
-        .map(|p| num(&p["amount"]))
+        .map(|p| dec(&p["amount"]))
         .collect();
     assert_eq!(amounts.len(), 7, "{postings}");
-    assert!(
-        amounts.iter().all(|a| *a == 1.0 || *a == -1.0),
-        "{postings}"
-    );
-    assert_eq!(amounts.iter().sum::<f64>(), 3.0, "{postings}");
+    assert!(amounts.iter().all(|a| a == "1" || a == "-1"), "{postings}");
+    // Each amount is exactly 1 or -1 (checked above): their sum, in integers.
+    let sum: i64 = amounts.iter().map(|a| if a == "1" { 1 } else { -1 }).sum();
+    assert_eq!(sum, 3, "{postings}");
 
     // ---- 5. Every history replays as it was recorded ----
     for c in &cases {
